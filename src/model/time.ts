@@ -1,0 +1,53 @@
+/**
+ * RFC 3339 timestamps with up to nanosecond precision (GKE writes nine fractional digits). JavaScript's Date keeps
+ * milliseconds only, so the fraction is carried alongside it.
+ */
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9})\d*)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+export interface ParsedTimestamp {
+  /** Whole seconds since the epoch, UTC. */
+  epochSeconds: number;
+  /** Nanoseconds within the second, 0 ≤ n < 1e9. */
+  nanos: number;
+}
+
+export function parseTimestamp(text: string): ParsedTimestamp | undefined {
+  const m = RFC3339.exec(text);
+  if (!m) return undefined;
+  const [, y, mo, d, h, mi, s, frac, zone] = m as unknown as string[];
+  const month = Number(mo), day = Number(d), hour = Number(h), minute = Number(mi), second = Number(s);
+  if (month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return undefined;
+  const base = Date.UTC(Number(y), month - 1, day, hour, minute, Math.min(second, 59));
+  if (Number.isNaN(base) || new Date(base).getUTCDate() !== day) return undefined;
+  let offsetMinutes = 0;
+  if (zone !== 'Z' && zone !== 'z') {
+    const sign = zone!.startsWith('-') ? -1 : 1;
+    offsetMinutes = sign * (Number(zone!.slice(1, 3)) * 60 + Number(zone!.slice(4, 6)));
+    if (Number(zone!.slice(4, 6)) > 59) return undefined;
+  }
+  const epochSeconds = base / 1000 - offsetMinutes * 60;
+  const nanos = frac ? Number(frac.padEnd(9, '0')) : 0;
+  return { epochSeconds, nanos };
+}
+
+/** Canonical UTC form: `YYYY-MM-DDTHH:MM:SS[.fraction]Z`, keeping the precision that was given (trailing zeros cut). */
+export function formatTimestamp(t: ParsedTimestamp): string {
+  const iso = new Date(t.epochSeconds * 1000).toISOString().slice(0, 19);
+  if (t.nanos === 0) return `${iso}Z`;
+  return `${iso}.${String(t.nanos).padStart(9, '0').replace(/0+$/, '')}Z`;
+}
+
+/** Normalizes an RFC 3339 timestamp to UTC, or returns undefined when it is not one. */
+export function normalizeTimestamp(text: string): string | undefined {
+  const parsed = parseTimestamp(text);
+  return parsed && formatTimestamp(parsed);
+}
+
+/** Microseconds since the epoch: the index's time resolution (DuckDB TIMESTAMP). */
+export function epochMicros(t: ParsedTimestamp): number {
+  return t.epochSeconds * 1_000_000 + Math.floor(t.nanos / 1000);
+}
+
+export function nowTimestamp(): string {
+  return new Date().toISOString();
+}

@@ -1,0 +1,2 @@
+export { logger, componentLogger } from './logger.ts';
+export { registry, serveMetrics, splitHostPort } from './metrics.ts';
