@@ -1,8 +1,15 @@
 import { Command } from 'commander';
 import { logger } from '../telemetry/index.ts';
+import { register as ingest } from './ingest.ts';
+import { register as read } from './read.ts';
+import { register as reindex } from './reindex.ts';
+import { register as serve } from './serve.ts';
+import { register as tail } from './tail.ts';
+import { register as token } from './token.ts';
 
 // One line per command; each file registers its own command and options.
 const commands: ((program: Command) => void)[] = [
+  serve, ingest, read, tail, reindex, token,
 ];
 
 const program = new Command('custos')

@@ -1,0 +1,218 @@
+import type { EntryIndex } from '../index/index.ts';
+import type { Ledger } from '../ledger/index.ts';
+import { completeEntry, type LogEntry, type LogEntryInput, validateEntry, BodyError, type EntryError } from '../model/index.ts';
+import { componentLogger } from '../telemetry/index.ts';
+import { InsertIdWindow } from './dedupe.ts';
+import { ingestMetrics } from './metrics.ts';
+import type { EntrySink } from './sink.ts';
+
+export interface WriteResult {
+  /** Entries appended by this call. */
+  written: number;
+  /** Entries skipped because their insertId was already stored (a retried batch). */
+  duplicates: number;
+  /** Tree size of the organization's ledger after the append. */
+  treeSize: number;
+}
+
+type Subscriber = (entry: LogEntry) => void;
+
+/**
+ * The write path: complete and dedupe entries, append them to the organization's ledger (resolving once durable),
+ * then feed the index and live subscribers. The index is derived: it follows the ledger in index order and catches
+ * up from the ledger itself after a restart.
+ */
+export class IngestService {
+  private readonly dedupe: InsertIdWindow;
+  private readonly pending = new Map<string, Map<number, LogEntry>>();
+  private readonly indexedUpTo = new Map<string, number>();
+  private readonly waiters = new Map<string, { size: number; resolve: () => void }[]>();
+  private readonly subscribers = new Map<string, Set<Subscriber>>();
+  private indexing: Promise<void> = Promise.resolve();
+  private indexScheduled = false;
+  private closed = false;
+  private readonly log = componentLogger('ingest');
+
+  private constructor(
+    readonly ledger: Ledger,
+    readonly index: EntryIndex,
+    options: { dedupeWindow?: number },
+  ) {
+    this.dedupe = new InsertIdWindow(options.dedupeWindow ?? 1_000_000);
+  }
+
+  /** Opens the service and brings the index level with the ledger (the crash catch-up). */
+  static async open(ledger: Ledger, index: EntryIndex, options: { dedupeWindow?: number; warmDedupe?: number } = {}): Promise<IngestService> {
+    const service = new IngestService(ledger, index, options);
+    for (const org of ledger.organizations()) {
+      service.indexedUpTo.set(org, await index.indexedSize(org));
+      await service.warmDedupe(org, options.warmDedupe ?? 100_000);
+    }
+    service.scheduleIndexing();
+    await service.indexing;
+    return service;
+  }
+
+  private async warmDedupe(org: string, count: number): Promise<void> {
+    const size = this.ledger.treeSize(org);
+    for await (const { entry } of this.ledger.read(org, Math.max(0, size - count), size)) this.dedupe.add(org, entry.insertId);
+  }
+
+  async write(org: string, inputs: LogEntryInput[]): Promise<WriteResult> {
+    if (this.closed) throw new Error('ingest service is closed');
+    const receiveTimestamp = new Date().toISOString();
+    const fresh: LogEntry[] = [];
+    let duplicates = 0;
+    for (const input of inputs) {
+      const entry = completeEntry(input, org, receiveTimestamp);
+      // Claimed before the append so a concurrent retry of the same batch is also caught.
+      if (this.dedupe.has(org, entry.insertId)) {
+        duplicates++;
+        continue;
+      }
+      this.dedupe.add(org, entry.insertId);
+      fresh.push(entry);
+    }
+    if (fresh.length === 0) return { written: 0, duplicates, treeSize: this.ledger.treeSize(org) };
+    let appended: { firstIndex: number; treeSize: number };
+    const started = performance.now();
+    try {
+      appended = await this.ledger.append(org, fresh);
+    } catch (err) {
+      for (const e of fresh) this.dedupe.delete(org, e.insertId);
+      ingestMetrics.failures.inc({ org });
+      throw err;
+    }
+    ingestMetrics.appendSeconds.observe((performance.now() - started) / 1000);
+    ingestMetrics.entries.inc({ org }, fresh.length);
+    ingestMetrics.treeSize.set({ org }, appended.treeSize);
+    let rows = this.pending.get(org);
+    if (!rows) this.pending.set(org, (rows = new Map()));
+    fresh.forEach((entry, i) => rows.set(appended.firstIndex + i, entry));
+    if (!this.indexedUpTo.has(org)) this.indexedUpTo.set(org, await this.index.indexedSize(org));
+    this.scheduleIndexing();
+    const subs = this.subscribers.get(org);
+    if (subs) for (const entry of fresh) for (const fn of subs) fn(entry);
+    return { written: fresh.length, duplicates, treeSize: appended.treeSize };
+  }
+
+  /** Resolves when the index holds every entry the ledger had when called (read-your-writes), or after `timeoutMs`. */
+  async waitIndexed(org: string, timeoutMs = 10_000): Promise<void> {
+    const size = this.ledger.organizations().includes(org) ? this.ledger.treeSize(org) : 0;
+    if ((this.indexedUpTo.get(org) ?? 0) >= size) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, timeoutMs);
+      let list = this.waiters.get(org);
+      if (!list) this.waiters.set(org, (list = []));
+      list.push({ size, resolve: () => (clearTimeout(timer), resolve()) });
+    });
+  }
+
+  /** Live entries of an organization as they are stored; returns the unsubscribe function. */
+  subscribe(org: string, fn: Subscriber): () => void {
+    let subs = this.subscribers.get(org);
+    if (!subs) this.subscribers.set(org, (subs = new Set()));
+    subs.add(fn);
+    return () => subs.delete(fn);
+  }
+
+  private scheduleIndexing(): void {
+    if (this.indexScheduled) return;
+    this.indexScheduled = true;
+    this.indexing = this.indexing.then(async () => {
+      this.indexScheduled = false;
+      try {
+        await this.indexPending();
+      } catch (err) {
+        this.log.error({ err }, 'indexing failed; will retry from the ledger');
+        setTimeout(() => this.scheduleIndexing(), 1000).unref();
+      }
+    });
+  }
+
+  /** Moves each organization's index cursor forward, from memory where it can and from the ledger where it must. */
+  private async indexPending(): Promise<void> {
+    for (const org of this.ledger.organizations()) {
+      let cursor = this.indexedUpTo.get(org) ?? (await this.index.indexedSize(org));
+      const target = this.ledger.treeSize(org);
+      const rows = this.pending.get(org) ?? new Map<number, LogEntry>();
+      while (cursor < target) {
+        const batch: { index: number; entry: LogEntry }[] = [];
+        if (rows.has(cursor)) {
+          for (let i = cursor; i < target && batch.length < 10_000; i++) {
+            const entry = rows.get(i);
+            if (!entry) break;
+            batch.push({ index: i, entry });
+          }
+        } else {
+          for await (const row of this.ledger.read(org, cursor, Math.min(target, cursor + 10_000))) batch.push(row);
+        }
+        if (batch.length === 0) break;
+        await this.index.insert(org, batch);
+        for (const { index } of batch) rows.delete(index);
+        cursor += batch.length;
+        this.indexedUpTo.set(org, cursor);
+        ingestMetrics.indexLag.set({ org }, this.ledger.treeSize(org) - cursor);
+      }
+      const list = this.waiters.get(org);
+      if (list) {
+        const still = list.filter((w) => (w.size > cursor ? true : (w.resolve(), false)));
+        this.waiters.set(org, still);
+      }
+    }
+    if ([...this.ledger.organizations()].some((org) => (this.indexedUpTo.get(org) ?? 0) < this.ledger.treeSize(org))) this.scheduleIndexing();
+  }
+
+  /** Rebuilds the index of one or all organizations from the ledger (`custos reindex`). */
+  async reindex(onProgress?: (done: number, total: number) => void): Promise<number> {
+    await this.indexing;
+    await this.index.clear();
+    const orgs = this.ledger.organizations();
+    const total = orgs.reduce((n, org) => n + this.ledger.treeSize(org), 0);
+    let done = 0;
+    for (const org of orgs) {
+      let batch: { index: number; entry: LogEntry }[] = [];
+      for await (const row of this.ledger.read(org, 0)) {
+        batch.push(row);
+        if (batch.length === 10_000) {
+          await this.index.insert(org, batch);
+          done += batch.length;
+          onProgress?.(done, total);
+          batch = [];
+        }
+      }
+      if (batch.length) await this.index.insert(org, batch);
+      done += batch.length;
+      onProgress?.(done, total);
+      this.indexedUpTo.set(org, this.ledger.treeSize(org));
+    }
+    return done;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.indexing;
+  }
+}
+
+/** A producer running inside `custos serve` writes through this, checked exactly as an HTTP client would be. */
+export class InProcessSink implements EntrySink {
+  constructor(
+    private readonly service: IngestService,
+    private readonly organization: string,
+  ) {}
+
+  async write(entries: LogEntryInput[]): Promise<void> {
+    const errors: EntryError[] = [];
+    const valid: LogEntryInput[] = [];
+    entries.forEach((value, i) => {
+      const { entry, errors: found } = validateEntry(value, i + 1);
+      if (entry) valid.push(entry);
+      errors.push(...found);
+    });
+    if (errors.length) throw new BodyError(400, errors);
+    await this.service.write(this.organization, valid);
+  }
+
+  async close(): Promise<void> {}
+}

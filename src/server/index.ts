@@ -1,0 +1,81 @@
+import { writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { EntryIndex } from '../index/index.ts';
+import { IngestService } from '../ingest/index.ts';
+import { Ledger } from '../ledger/index.ts';
+import { DEFAULT_LIMITS } from '../model/index.ts';
+import { componentLogger, splitHostPort } from '../telemetry/index.ts';
+import { buildApp } from './app.ts';
+import { parseDuration, type ServeConfig } from './config.ts';
+import { TokenStore } from './tokens.ts';
+
+export { loadServeConfig, parseDuration, type ServeConfig } from './config.ts';
+export { buildApp } from './app.ts';
+export { TokenStore, type Role } from './tokens.ts';
+
+export interface RunningServer {
+  url: string;
+  app: FastifyInstance;
+  service: IngestService;
+  /** Where the first admin token was written, when this start created it. */
+  adminTokenFile?: string;
+  /** The admin token's text, when this start created it or it came from `CUSTOS_ADMIN_TOKEN`. */
+  adminToken?: string;
+  close(): Promise<void>;
+}
+
+const log = componentLogger('server');
+
+/** Opens the store in `config.data` and serves the API. */
+export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = process.env): Promise<RunningServer> {
+  const dataDir = resolve(config.data);
+  const tokens = await TokenStore.open(dataDir);
+  let adminToken: string | undefined;
+  let adminTokenFile: string | undefined;
+  const fromEnv = env['CUSTOS_ADMIN_TOKEN'];
+  if (fromEnv) {
+    await tokens.create('admin', 'default', { secret: fromEnv, description: 'CUSTOS_ADMIN_TOKEN' });
+    adminToken = fromEnv;
+  } else if (tokens.size === 0) {
+    adminToken = (await tokens.create('admin', 'default', { description: 'first admin token' })).token;
+    adminTokenFile = join(dataDir, 'admin-token');
+    await writeFile(adminTokenFile, adminToken + '\n', { mode: 0o600 });
+  }
+
+  const ledger = await Ledger.open({
+    dir: join(dataDir, 'ledger'),
+    ...(config.archive ? { archive: { target: resolve(config.archive.dir), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
+  });
+  const index = await EntryIndex.open(join(dataDir, 'index.duckdb'));
+  const service = await IngestService.open(ledger, index);
+  const app = await buildApp({
+    service,
+    tokens,
+    limits: { ...DEFAULT_LIMITS, maxEntryBytes: config.limits.maxEntryBytes, maxDepth: config.limits.maxDepth },
+    maxRequestBytes: config.limits.maxRequestBytes,
+    project: config.project,
+  });
+  const { host, port } = splitHostPort(config.listen);
+  await app.listen({ host, port });
+  const address = app.server.address();
+  const boundPort = typeof address === 'object' && address ? address.port : port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+  log.info({ url, data: dataDir }, 'custos store listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    app,
+    service,
+    ...(adminToken ? { adminToken } : {}),
+    ...(adminTokenFile ? { adminTokenFile } : {}),
+    close: () =>
+      (closing ??= (async () => {
+        await app.close();
+        await service.close();
+        await index.close();
+        await ledger.close();
+      })()),
+  };
+}
