@@ -17,11 +17,20 @@ export interface EgressRecord {
     network_resources: string[];
   };
   // Custos additions for debugging; none renames a seed field.
+  /** The host the client asked for (a name or an IP literal). */
   destination_host?: string;
+  /** The address the proxy checked and dialled (for agent proxy: the address the agent was told to dial). */
   destination_address?: string;
   /** Why the attempt failed, in Envoy's spirit (`no_matching_policy`, `dns_failure`, …); absent on success. */
   failure_reason?: string;
+  /** One human sentence about the failure (which rule, which address, which error). */
+  failure_detail?: string;
+  /** How a successful connection ended (`completed`, `idle_timeout`, `draining`, …). */
+  close_reason?: string;
   protocol?: 'connect' | 'http' | 'socks5';
   connection_id?: string;
   start_time?: string;
+  end_time?: string;
+  /** The client's address and port as the proxy saw it. */
+  client_address?: string;
 }

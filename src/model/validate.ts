@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { mergeCategories } from './categories.ts';
-import { type LogEntry, type LogEntryInput, SEVERITIES } from './entry.ts';
+import { type LogEntry, type LogEntryInput, logIdOf, SEVERITIES } from './entry.ts';
+import { PAYLOAD_SCHEMAS } from './payloads.ts';
 import { normalizeTimestamp, nowTimestamp } from './time.ts';
 
 /** What is wrong and where: `line` is 1-based (NDJSON line, or position in a JSON `entries` array). */
@@ -70,6 +71,11 @@ export function validateEntry(value: unknown, line: number, limits: ValidationLi
   if (result.success) {
     if (result.data.organization !== undefined) {
       return { errors: [{ line, field: 'organization', reason: 'is set by the server from the token; do not send it' }] };
+    }
+    const payloadSchema = result.data.jsonPayload && PAYLOAD_SCHEMAS[logIdOf(result.data.logName) ?? ''];
+    const payload = payloadSchema?.safeParse(result.data.jsonPayload);
+    if (payload && !payload.success) {
+      return { errors: payload.error.issues.map((issue) => ({ line, field: ['jsonPayload', ...issue.path.map(String)].join('.'), reason: issue.message })) };
     }
     return { entry: result.data as LogEntryInput, errors: [] };
   }
