@@ -15,7 +15,7 @@ export async function callApi(server: string, path: string, token: string | unde
   try {
     res = await fetch(new URL(path, server), { ...init, headers: { ...(init.headers ?? {}), ...(auth ? { authorization: `Bearer ${auth}` } : {}) } });
   } catch (err) {
-    throw new Error(`cannot reach ${server}: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`);
+    throw new Error(`cannot reach ${server}: ${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}`, { cause: err });
   }
   if (!res.ok) {
     const text = await res.text();

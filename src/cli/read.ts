@@ -69,7 +69,7 @@ async function* pagesFromData(dir: string, options: ReadOptions, filter: string,
   try {
     index = await EntryIndex.open(join(dir, 'index.duckdb'));
   } catch (err) {
-    throw new Error(`cannot open the index in ${dir} (is a server running on it? then use --server): ${(err as Error).message}`);
+    throw new Error(`cannot open the index in ${dir} (is a server running on it? then use --server): ${(err as Error).message}`, { cause: err });
   }
   try {
     let pageToken: string | undefined;

@@ -40,7 +40,7 @@ export async function loadServeConfig(file?: string): Promise<ServeConfig> {
     try {
       raw = parseYaml(text) ?? {};
     } catch (err) {
-      throw new Error(`${file}: not valid YAML: ${(err as Error).message}`);
+      throw new Error(`${file}: not valid YAML: ${(err as Error).message}`, { cause: err });
     }
   }
   const result = configSchema.safeParse(raw);

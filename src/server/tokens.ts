@@ -42,7 +42,7 @@ export class TokenStore {
     try {
       records = JSON.parse(await readFile(file, 'utf8')) as TokenRecord[];
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}: ${(err as Error).message}`);
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`cannot read ${file}: ${(err as Error).message}`, { cause: err });
     }
     return new TokenStore(file, records);
   }
