@@ -1,0 +1,163 @@
+import { cidrContains, ipv4ToInt } from './ip.ts';
+import type { Cluster, CompiledPolicy, Direction, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, Protocol } from './model.ts';
+
+/**
+ * Kubernetes NetworkPolicy semantics with GKE Dataplane V2's specifics: egress is decided at the source pod, ingress
+ * at the destination pod, a connection denied on egress never reaches ingress; ipBlock never matches pod IPs;
+ * traffic between a pod and its own node is always allowed; a pod's traffic to itself is never blocked.
+ */
+export interface Connection {
+  srcIp: string;
+  destIp: string;
+  srcPort?: number;
+  destPort?: number;
+  protocol: Protocol;
+}
+
+export type Endpoint =
+  | { kind: 'pod'; ip: string; pod: Pod }
+  | { kind: 'node'; ip: string; node: Node }
+  | { kind: 'external'; ip: string };
+
+export interface DirectionVerdict {
+  direction: Direction;
+  /** The pod where this direction is enforced: the source for egress, the destination for ingress. */
+  enforcedPod: Pod;
+  /** Whether any policy of this direction selects the enforced pod; records are written only then. */
+  isolated: boolean;
+  allowed: boolean;
+  /** Every policy with a rule that matches the connection (the record's `policies`). */
+  allowing: CompiledPolicy[];
+  /** Allowed because the other end is the enforced pod's own node (kubelet probes): `"policies":[{"name":""}]`. */
+  fromOwnNode: boolean;
+  /** Why, step by step; only when asked for (`explain`). */
+  reasons?: string[];
+}
+
+export interface Verdict {
+  src: Endpoint;
+  dest: Endpoint;
+  /** A pod talking to itself: never blocked, never logged. */
+  selfTraffic: boolean;
+  allowed: boolean;
+  egress?: DirectionVerdict;
+  ingress?: DirectionVerdict;
+}
+
+export function resolveEndpoint(cluster: Cluster, ip: string): Endpoint {
+  const pod = cluster.podsByIp.get(ip);
+  if (pod) return { kind: 'pod', ip, pod };
+  const node = cluster.nodesByIp.get(ip);
+  if (node) return { kind: 'node', ip, node };
+  return { kind: 'external', ip };
+}
+
+export function describeEndpoint(e: Endpoint): string {
+  if (e.kind === 'pod') return `pod ${e.pod.namespace}/${e.pod.name} (${e.ip})`;
+  if (e.kind === 'node') return `node ${e.node.name} (${e.ip})`;
+  return `${e.ip} (outside the cluster's pods and nodes)`;
+}
+
+function portMatches(entry: PolicyPort, conn: Connection, destPod: Pod | undefined): boolean {
+  // ICMP has no ports, so only rules without a `ports` list allow it.
+  if (entry.protocol !== conn.protocol) return false;
+  if (entry.port === undefined) return true;
+  if (conn.destPort === undefined) return false;
+  if (typeof entry.port === 'number') return conn.destPort >= entry.port && conn.destPort <= (entry.endPort ?? entry.port);
+  // A named port resolves on the destination pod, for the rule's protocol.
+  if (!destPod) return false;
+  for (const cp of destPod.ports) if (cp.name === entry.port && cp.protocol === entry.protocol && cp.port === conn.destPort) return true;
+  return false;
+}
+
+function peerMatches(cluster: Cluster, peer: PolicyPeer, policy: CompiledPolicy, remote: Endpoint, remoteIpv4: number): boolean {
+  if (peer.kind === 'ipBlock') {
+    if (remote.kind === 'pod') return false;
+    if (!cidrContains(peer.cidr, remote.ip, remoteIpv4)) return false;
+    for (const except of peer.except) if (cidrContains(except, remote.ip, remoteIpv4)) return false;
+    return true;
+  }
+  if (remote.kind !== 'pod') return false;
+  const pod = remote.pod;
+  if (!peer.namespaceSelector) {
+    if (pod.namespace !== policy.namespace) return false;
+  } else {
+    let inNamespace = peer.namespaceCache.get(pod.namespace);
+    if (inNamespace === undefined) {
+      inNamespace = peer.namespaceSelector.matches(cluster.namespaceLabels(pod.namespace));
+      peer.namespaceCache.set(pod.namespace, inNamespace);
+    }
+    if (!inNamespace) return false;
+  }
+  return peer.podSelector.matches(pod.labels);
+}
+
+function ruleMismatch(cluster: Cluster, rule: PolicyRule, policy: CompiledPolicy, conn: Connection, remote: Endpoint, remoteIpv4: number, destPod: Pod | undefined): string | undefined {
+  if (rule.ports && !rule.ports.some((p) => portMatches(p, conn, destPod))) {
+    const ports = rule.ports.map((p) => `${p.port ?? 'any'}${p.endPort ? `-${p.endPort}` : ''}/${p.protocol}`).join(', ');
+    return conn.protocol === 'icmp' ? `icmp is allowed only by rules without ports (rule has ${ports})` : `port ${conn.destPort}/${conn.protocol} is not in ${ports}`;
+  }
+  if (rule.peers && !rule.peers.some((p) => peerMatches(cluster, p, policy, remote, remoteIpv4))) {
+    const note = remote.kind === 'pod' ? '' : rule.peers.some((p) => p.kind === 'ipBlock') ? '' : ' (only ipBlock peers match non-pods)';
+    return `${describeEndpoint(remote)} matches none of: ${rule.peers.map((p) => p.text + (p.kind === 'ipBlock' && remote.kind === 'pod' ? ' (ipBlock never matches pod IPs)' : '')).join('; ')}${note}`;
+  }
+  return undefined;
+}
+
+function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { kind: 'pod' }, remote: Endpoint, conn: Connection, explain: boolean): DirectionVerdict {
+  const pod = enforced.pod;
+  const policies = cluster.policiesFor(pod, direction);
+  const reasons: string[] | undefined = explain ? [] : undefined;
+  const verdict: DirectionVerdict = { direction, enforcedPod: pod, isolated: policies.length > 0, allowed: true, allowing: [], fromOwnNode: false, ...(reasons ? { reasons } : {}) };
+  if (!verdict.isolated) {
+    reasons?.push(`no ${direction} policy selects ${pod.namespace}/${pod.name}: not isolated for ${direction}, allowed`);
+    return verdict;
+  }
+  reasons?.push(`${direction} policies selecting ${pod.namespace}/${pod.name}: ${policies.map((p) => `${p.namespace}/${p.name}`).join(', ')}`);
+  if (remote.kind === 'node' && remote.node.name === pod.nodeName) {
+    verdict.fromOwnNode = true;
+    reasons?.push(`${describeEndpoint(remote)} is the pod's own node: always allowed (kubelet probes), logged with an empty policy name`);
+    return verdict;
+  }
+  const remoteIpv4 = ipv4ToInt(remote.ip);
+  const destPod = direction === 'ingress' ? pod : remote.kind === 'pod' ? remote.pod : undefined;
+  for (const policy of policies) {
+    const rules = direction === 'ingress' ? policy.ingress : policy.egress;
+    let matched = false;
+    if (rules.length === 0) reasons?.push(`${policy.namespace}/${policy.name}: no ${direction} rules (denies all ${direction})`);
+    for (let i = 0; i < rules.length && (!matched || reasons); i++) {
+      const why = ruleMismatch(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod);
+      if (why === undefined) {
+        if (!matched) verdict.allowing.push(policy);
+        matched = true;
+        reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: matches, allows`);
+      } else reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: ${why}`);
+    }
+  }
+  verdict.allowed = verdict.allowing.length > 0;
+  if (!verdict.allowed) reasons?.push(`no rule of the selecting policies allows it: denied on ${direction}`);
+  return verdict;
+}
+
+/** The verdict for one connection attempt; `explain` adds the reasons behind each direction's decision. */
+export function evaluate(cluster: Cluster, conn: Connection, explain = false): Verdict {
+  const src = resolveEndpoint(cluster, conn.srcIp);
+  const dest = resolveEndpoint(cluster, conn.destIp);
+  const verdict: Verdict = { src, dest, selfTraffic: false, allowed: true };
+  if (src.kind === 'pod' && dest.kind === 'pod' && src.pod === dest.pod) {
+    verdict.selfTraffic = true;
+    return verdict;
+  }
+  if (src.kind === 'pod') {
+    verdict.egress = decide(cluster, 'egress', src, dest, conn, explain);
+    if (!verdict.egress.allowed) {
+      verdict.allowed = false;
+      return verdict;
+    }
+  }
+  if (dest.kind === 'pod') {
+    verdict.ingress = decide(cluster, 'ingress', dest, src, conn, explain);
+    verdict.allowed = verdict.ingress.allowed;
+  }
+  return verdict;
+}
