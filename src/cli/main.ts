@@ -1,6 +1,8 @@
 import { Command } from 'commander';
 import { logger } from '../telemetry/index.ts';
+import { register as egress } from './egress.ts';
 import { register as ingest } from './ingest.ts';
+import { register as netpol } from './netpol.ts';
 import { register as read } from './read.ts';
 import { register as reindex } from './reindex.ts';
 import { register as serve } from './serve.ts';
@@ -9,7 +11,7 @@ import { register as token } from './token.ts';
 
 // One line per command; each file registers its own command and options.
 const commands: ((program: Command) => void)[] = [
-  serve, ingest, read, tail, reindex, token,
+  serve, ingest, read, tail, reindex, token, egress, netpol,
 ];
 
 const program = new Command('custos')

@@ -1,0 +1,564 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { EgressRecord } from '../model/index.ts';
+import { componentLogger, splitHostPort } from '../telemetry/index.ts';
+import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
+import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
+import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
+import { dial, DialError, formatHostPort, HandshakeEnded, HandshakeReader } from './io.ts';
+import { countRecord, egressMetrics } from './metrics.ts';
+import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies } from './policy.ts';
+import { createResolver, ResolveError, type Resolver } from './resolver.ts';
+import {
+  basicCredentials,
+  headerValue,
+  parseAbsoluteTarget,
+  parseAuthority,
+  parseClientHelloSni,
+  parseRequestHead,
+  parseSocksGreeting,
+  parseSocksRequest,
+  parseSocksUserPass,
+  ProtocolError,
+  SOCKS,
+  socksReply,
+  type RequestHead,
+} from './wire.ts';
+
+/**
+ * The proxy's protocols: HTTP CONNECT and absolute-form forward proxying on HTTP listeners, SOCKS5 on SOCKS
+ * listeners. Each connection is one `Attempt`: identify the source, decide with `policy.ts`, resolve once, dial
+ * exactly a checked address (directly or through an agent), then relay with accounting from `conn.ts`.
+ */
+
+export interface EgressProxyOptions {
+  config: EgressConfig;
+  /** Called once per attempt, when it ends. */
+  onRecord: (record: EgressRecord) => void;
+  /** Replaces the resolver built from the config (tests). */
+  resolver?: Resolver;
+}
+
+type ListenerKind = 'http' | 'socks5';
+
+interface Listener {
+  kind: ListenerKind;
+  address: string;
+  /** A dedicated listener's source id. */
+  sourceId: string | undefined;
+  server: Server;
+  bound: string;
+}
+
+interface Upstream {
+  socket: Socket;
+  base: { read: number; written: number };
+  /** Bytes the agent sent after its CONNECT answer, owed to the client. */
+  early: Buffer;
+}
+
+/** How a failure is told to the client: HTTP status, SOCKS5 reply code. */
+const FAILURE_REPLIES: Record<FailureReason, [status: string, socks: number]> = {
+  no_matching_policy: ['403 Forbidden', SOCKS.reply.notAllowed],
+  destination_address_refused: ['403 Forbidden', SOCKS.reply.notAllowed],
+  unauthenticated: ['407 Proxy Authentication Required', SOCKS.reply.notAllowed],
+  protocol_error: ['400 Bad Request', SOCKS.reply.generalFailure],
+  header_too_large: ['431 Request Header Fields Too Large', SOCKS.reply.generalFailure],
+  handshake_timeout: ['408 Request Timeout', SOCKS.reply.generalFailure],
+  unsupported_request: ['501 Not Implemented', SOCKS.reply.commandNotSupported],
+  connection_limit: ['429 Too Many Requests', SOCKS.reply.generalFailure],
+  dns_failure: ['502 Bad Gateway', SOCKS.reply.hostUnreachable],
+  connect_refused: ['502 Bad Gateway', SOCKS.reply.connectionRefused],
+  connect_timeout: ['504 Gateway Timeout', SOCKS.reply.ttlExpired],
+  connect_error: ['502 Bad Gateway', SOCKS.reply.hostUnreachable],
+  no_healthy_agent: ['502 Bad Gateway', SOCKS.reply.networkUnreachable],
+  sni_missing: ['403 Forbidden', SOCKS.reply.notAllowed],
+  sni_mismatch: ['403 Forbidden', SOCKS.reply.notAllowed],
+  downstream_disconnect: ['400 Bad Request', SOCKS.reply.generalFailure],
+  draining: ['503 Service Unavailable', SOCKS.reply.generalFailure],
+};
+
+const HOP_BY_HOP = new Set(['proxy-authorization', 'proxy-connection', 'connection', 'keep-alive', 'te', 'trailer', 'upgrade']);
+
+function digest(text: string): Buffer {
+  return createHash('sha256').update(text).digest();
+}
+
+export class EgressProxy {
+  private config: EgressConfig;
+  private resolver: Resolver;
+  private readonly agents = new AgentPool();
+  private readonly listeners = new Map<string, Listener>();
+  private readonly open = new Map<Socket, { attempt: Attempt; upstream?: Socket }>();
+  private readonly perSource = new Map<string, number>();
+  private draining = false;
+  private readonly log = componentLogger('egress');
+
+  constructor(private readonly options: EgressProxyOptions) {
+    this.config = options.config;
+    this.resolver = options.resolver ?? createResolver(options.config.resolver);
+  }
+
+  async start(): Promise<void> {
+    this.agents.sync(this.config);
+    await this.syncListeners();
+  }
+
+  /** Adopts a new config: new connections use it, open tunnels keep the decision made when they started. */
+  async reload(config: EgressConfig): Promise<void> {
+    this.config = config;
+    if (!this.options.resolver) this.resolver = createResolver(config.resolver);
+    this.agents.sync(config);
+    await this.syncListeners();
+    this.log.info({ policies: config.policies.length, sources: config.sources.length }, 'egress config applied');
+  }
+
+  /** Bound addresses: `http`, `socks5`, and `http:<source>` / `socks5:<source>` for dedicated listeners. */
+  addresses(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const l of this.listeners.values()) out[l.sourceId ? `${l.kind}:${l.sourceId}` : l.kind] = l.bound;
+    return out;
+  }
+
+  openConnections(): number {
+    return this.open.size;
+  }
+
+  agentHealth(): ReturnType<AgentPool['health']> {
+    return this.agents.health();
+  }
+
+  /** Waits for one round of agent health checks. */
+  checkAgents(): Promise<void> {
+    return this.agents.checkAll();
+  }
+
+  /** Stops accepting, lets open connections finish for up to `timeoutMs`, then closes the rest. */
+  async drain(timeoutMs = this.config.timeouts.drainMs): Promise<void> {
+    this.draining = true;
+    await Promise.all([...this.listeners.values()].map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
+    this.listeners.clear();
+    this.agents.close();
+    const deadline = Date.now() + timeoutMs;
+    while (this.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    for (const [client, { attempt, upstream }] of this.open) {
+      attempt.closeReason ??= 'draining';
+      attempt.fail('draining', 'the proxy shut down');
+      client.destroy();
+      upstream?.destroy();
+    }
+    while (this.open.size > 0) await new Promise((r) => setTimeout(r, 10));
+  }
+
+  close(): Promise<void> {
+    return this.drain(0);
+  }
+
+  // ---- listeners ----
+
+  private wantedListeners(): { key: string; kind: ListenerKind; address: string; sourceId?: string }[] {
+    const wanted: { key: string; kind: ListenerKind; address: string; sourceId?: string }[] = [
+      { key: `http|${this.config.listen}|`, kind: 'http', address: this.config.listen },
+    ];
+    if (this.config.socks5) wanted.push({ key: `socks5|${this.config.socks5}|`, kind: 'socks5', address: this.config.socks5 });
+    for (const source of this.config.sources) {
+      if (source.listen) wanted.push({ key: `http|${source.listen}|${source.id}`, kind: 'http', address: source.listen, sourceId: source.id });
+      if (source.socks5) wanted.push({ key: `socks5|${source.socks5}|${source.id}`, kind: 'socks5', address: source.socks5, sourceId: source.id });
+    }
+    return wanted;
+  }
+
+  private async syncListeners(): Promise<void> {
+    if (this.draining) return;
+    const wanted = this.wantedListeners();
+    const keys = new Set(wanted.map((w) => w.key));
+    for (const [key, listener] of this.listeners) {
+      if (keys.has(key)) continue;
+      // Closing a server stops new connections only; tunnels accepted on it stay open.
+      listener.server.close();
+      this.listeners.delete(key);
+    }
+    for (const w of wanted) {
+      if (this.listeners.has(w.key)) continue;
+      const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => {
+        void (w.kind === 'http' ? this.handleHttp(socket, w.sourceId) : this.handleSocks(socket, w.sourceId));
+      });
+      const { host, port } = splitHostPort(w.address);
+      await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, () => resolve()));
+      server.on('error', (err) => this.log.error({ err, address: w.address }, 'listener error'));
+      const bound = server.address() as { address: string; port: number };
+      this.listeners.set(w.key, { kind: w.kind, address: w.address, sourceId: w.sourceId, server, bound: formatHostPort(bound.address, bound.port) });
+      this.log.info({ kind: w.kind, address: formatHostPort(bound.address, bound.port), source: w.sourceId }, 'egress listener open');
+    }
+  }
+
+  // ---- one connection ----
+
+  private begin(client: Socket, protocol: ProxyProtocol): Attempt {
+    client.on('error', () => {});
+    const attempt = new Attempt(protocol, formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), (record, a) => {
+      this.open.delete(client);
+      if (a.source !== null) {
+        const left = (this.perSource.get(a.source) ?? 1) - 1;
+        if (left > 0) this.perSource.set(a.source, left);
+        else this.perSource.delete(a.source);
+        egressMetrics.active.dec({ source: a.source });
+      }
+      countRecord(record);
+      try {
+        this.options.onRecord(record);
+      } catch (err) {
+        this.log.error({ err }, 'record writer failed');
+      }
+    });
+    this.open.set(client, { attempt });
+    return attempt;
+  }
+
+  /** Claims a connection slot for the source (released when the attempt ends); false when over its limit. */
+  private admit(attempt: Attempt, source: EgressSource): boolean {
+    const used = this.perSource.get(source.id) ?? 0;
+    attempt.source = source.id;
+    this.perSource.set(source.id, used + 1);
+    egressMetrics.active.inc({ source: source.id });
+    if (used < source.maxConnections) return true;
+    attempt.fail('connection_limit', `source ${source.id} already has ${used} connections (limit ${source.maxConnections})`);
+    return false;
+  }
+
+  private sourceByCredentials(username: string, password: string): EgressSource | undefined {
+    const source = this.config.sources.find((s) => s.credentials?.username === username);
+    if (!source?.credentials) return undefined;
+    return timingSafeEqual(digest(source.credentials.password), digest(password)) ? source : undefined;
+  }
+
+  private handshakeFailure(attempt: Attempt, err: unknown): FailureReason {
+    if (err instanceof HandshakeEnded) {
+      attempt.fail(err.why === 'timeout' ? 'handshake_timeout' : 'downstream_disconnect', err.message);
+    } else if (err instanceof ProtocolError) {
+      const reason = err.code === 'HEADER_TOO_LARGE' ? 'header_too_large' : err.code === 'UNSUPPORTED' ? 'unsupported_request' : 'protocol_error';
+      attempt.fail(reason, err.message);
+    } else {
+      attempt.fail('protocol_error', (err as Error).message);
+    }
+    return attempt.failure!.reason;
+  }
+
+  private async handleHttp(client: Socket, dedicatedSource: string | undefined): Promise<void> {
+    const attempt = this.begin(client, 'connect');
+    const reader = new HandshakeReader(client, Date.now() + this.config.timeouts.handshakeMs);
+    const refuse = (reason: FailureReason, extra: Record<string, string> = {}): void => {
+      const [status] = FAILURE_REPLIES[reason];
+      const body = `${attempt.failure?.detail ?? attempt.closeDetail ?? reason}\n`;
+      const headers = { 'Content-Type': 'text/plain', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close', [AGENT_FAILURE_HEADER]: reason, ...extra };
+      closeRefused(client, attempt, `HTTP/1.1 ${status}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n${body}`);
+    };
+
+    let head: RequestHead;
+    let target: { host: string; port: number; path?: string };
+    try {
+      head = await reader.read((b) => parseRequestHead(b, this.config.limits.maxHeaderBytes));
+      if (head.method === 'CONNECT') {
+        target = parseAuthority(head.target);
+      } else {
+        attempt.protocol = 'http';
+        if (head.target.startsWith('/')) throw new ProtocolError('MALFORMED_REQUEST', 'this is a proxy: send an absolute http:// URL or CONNECT');
+        target = parseAbsoluteTarget(head.target);
+      }
+    } catch (err) {
+      refuse(this.handshakeFailure(attempt, err));
+      return;
+    }
+    attempt.host = target.host;
+    attempt.port = target.port;
+
+    const source = dedicatedSource
+      ? this.config.sources.find((s) => s.id === dedicatedSource)
+      : (() => {
+          const credentials = basicCredentials(headerValue(head, 'Proxy-Authorization'));
+          return credentials && this.sourceByCredentials(credentials.username, credentials.password);
+        })();
+    if (!source) {
+      attempt.fail('unauthenticated', dedicatedSource ? `source ${dedicatedSource} is no longer configured` : 'missing or wrong Proxy-Authorization (Basic)');
+      refuse('unauthenticated', { 'Proxy-Authenticate': 'Basic realm="custos egress"' });
+      return;
+    }
+    if (!this.admit(attempt, source)) {
+      refuse('connection_limit');
+      return;
+    }
+
+    const isConnect = head.method === 'CONNECT';
+    const upstream = await this.connectOut(attempt, client, reader, source, target.host, target.port, async () => {
+      if (isConnect) client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      return isConnect;
+    });
+    if (!upstream) {
+      refuse(attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error');
+      return;
+    }
+    if (isConnect && !upstream.replied) client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    if (!isConnect) upstream.socket.write(originFormHead(head, target.path!));
+    await this.tunnel(attempt, client, reader, upstream);
+  }
+
+  private async handleSocks(client: Socket, dedicatedSource: string | undefined): Promise<void> {
+    const attempt = this.begin(client, 'socks5');
+    const reader = new HandshakeReader(client, Date.now() + this.config.timeouts.handshakeMs);
+    const refuse = (reply?: Buffer): void => closeRefused(client, attempt, reply);
+    let source: EgressSource | undefined;
+    let request;
+    try {
+      const greeting = await reader.read(parseSocksGreeting);
+      const offersNone = greeting.methods.includes(SOCKS.methodNone);
+      const offersUserPass = greeting.methods.includes(SOCKS.methodUserPass);
+      if (dedicatedSource && (offersNone || offersUserPass)) {
+        client.write(Buffer.from([SOCKS.version, offersNone ? SOCKS.methodNone : SOCKS.methodUserPass]));
+        if (!offersNone) await reader.read(parseSocksUserPass);
+        if (!offersNone) client.write(Buffer.from([0x01, 0x00]));
+        source = this.config.sources.find((s) => s.id === dedicatedSource);
+      } else if (!dedicatedSource && offersUserPass) {
+        client.write(Buffer.from([SOCKS.version, SOCKS.methodUserPass]));
+        const credentials = await reader.read(parseSocksUserPass);
+        source = this.sourceByCredentials(credentials.username, credentials.password);
+        // RFC 1929: a non-zero status means failure and the server closes the connection.
+        client.write(Buffer.from([0x01, source ? 0x00 : 0x01]));
+      } else {
+        client.write(Buffer.from([SOCKS.version, SOCKS.methodUnacceptable]));
+      }
+      if (!source) {
+        attempt.fail('unauthenticated', dedicatedSource ? `source ${dedicatedSource} is no longer configured` : 'SOCKS5 username/password missing or wrong');
+        refuse();
+        return;
+      }
+      request = await reader.read(parseSocksRequest);
+    } catch (err) {
+      const reason = this.handshakeFailure(attempt, err);
+      refuse(reason === 'unsupported_request' ? socksReply(SOCKS.reply.addressTypeNotSupported) : undefined);
+      return;
+    }
+    attempt.host = request.host;
+    attempt.port = request.port;
+    if (!this.admit(attempt, source)) {
+      refuse(socksReply(FAILURE_REPLIES.connection_limit[1]));
+      return;
+    }
+    if (request.command !== SOCKS.cmdConnect) {
+      attempt.fail('unsupported_request', `SOCKS5 command ${request.command} is not supported (CONNECT only)`);
+      refuse(socksReply(SOCKS.reply.commandNotSupported));
+      return;
+    }
+    const upstream = await this.connectOut(attempt, client, reader, source, request.host, request.port, async () => {
+      client.write(socksReply(SOCKS.reply.succeeded));
+      return true;
+    });
+    if (!upstream) {
+      refuse(socksReply(FAILURE_REPLIES[attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error'][1]));
+      return;
+    }
+    if (!upstream.replied) client.write(socksReply(SOCKS.reply.succeeded, { address: upstream.socket.localAddress ?? '0.0.0.0', port: upstream.socket.localPort ?? 0 }));
+    await this.tunnel(attempt, client, reader, upstream);
+  }
+
+  private async tunnel(attempt: Attempt, client: Socket, reader: HandshakeReader, upstream: Upstream): Promise<void> {
+    const entry = this.open.get(client);
+    if (entry) entry.upstream = upstream.socket;
+    if (upstream.early.length) client.write(upstream.early);
+    const rest = reader.takeRest();
+    if (rest.length) upstream.socket.write(rest);
+    await relay(client, upstream.socket, attempt, { idleMs: this.config.timeouts.idleMs, upstreamBase: upstream.base });
+    attempt.end();
+  }
+
+  /**
+   * Decision, resolution and dial. `replyEarly` tells the client the tunnel is up before dialling; it is used only
+   * for `require_sni` policies, whose ClientHello arrives after that reply and must be checked before any byte
+   * leaves. Returns undefined with `attempt.failure` set when traffic did not leave.
+   */
+  private async connectOut(
+    attempt: Attempt,
+    client: Socket,
+    reader: HandshakeReader,
+    source: EgressSource,
+    host: string,
+    port: number,
+    replyEarly: () => Promise<boolean>,
+  ): Promise<(Upstream & { replied: boolean }) | undefined> {
+    if (this.draining) {
+      attempt.fail('draining', 'the proxy is shutting down');
+      return undefined;
+    }
+    const policies = sourcePolicies(this.config, source);
+    const candidates = candidatePolicies(policies, host, port);
+    if (candidates.length === 0) {
+      attempt.fail('no_matching_policy', `no policy imported by ${source.id} allows ${host} port ${port}`);
+      return undefined;
+    }
+    let addresses: string[];
+    try {
+      addresses = await this.resolver.resolve(host);
+    } catch (err) {
+      attempt.policy = candidates[0]!.id;
+      attempt.fail('dns_failure', err instanceof ResolveError ? err.message : `resolving ${host}: ${(err as Error).message}`);
+      return undefined;
+    }
+    const decision = decide(candidates, host, port, addresses);
+    if (!decision.allowed) {
+      if (decision.policy) this.notePolicy(attempt, decision.policy);
+      attempt.fail(decision.reason, decision.detail);
+      return undefined;
+    }
+    const policy = decision.policy;
+    this.notePolicy(attempt, policy);
+    attempt.address = decision.addresses[0];
+
+    let replied = false;
+    if (policy.requireSni) {
+      replied = await replyEarly();
+      if (!replied) {
+        attempt.fail('sni_missing', `policy ${policy.id} requires TLS with SNI; a plain HTTP request has none`);
+        return undefined;
+      }
+      try {
+        const hello = await reader.peek(parseClientHelloSni);
+        if (hello.kind !== 'sni') {
+          attempt.fail('sni_missing', hello.kind === 'not_tls' ? 'the tunnel did not start with a TLS ClientHello' : 'the ClientHello has no server_name');
+          return undefined;
+        }
+        if (!sniAllowed(policy, host, port, hello.serverName)) {
+          attempt.fail('sni_mismatch', `TLS server name ${hello.serverName} does not match ${host} (policy ${policy.id})`);
+          return undefined;
+        }
+      } catch (err) {
+        this.handshakeFailure(attempt, err);
+        return undefined;
+      }
+    }
+    if (client.destroyed || client.readableEnded) {
+      attempt.fail('downstream_disconnect', 'the client closed before the destination was dialled');
+      return undefined;
+    }
+    const upstream = policy.type === 'agent-proxy' ? await this.handToAgent(attempt, policy, decision.addresses[0]!, port) : await this.dialDirect(attempt, decision.addresses, port);
+    if (!upstream) return undefined;
+    if (client.destroyed) {
+      attempt.closeReason = 'client_reset';
+      upstream.socket.destroy();
+      return undefined;
+    }
+    return { ...upstream, replied };
+  }
+
+  private notePolicy(attempt: Attempt, policy: EgressPolicy): void {
+    attempt.policy = policy.id;
+    attempt.networkType = policy.type === 'agent-proxy' ? 'agent proxy' : 'direct';
+    if (policy.type === 'agent-proxy') attempt.networkResources = policy.agents.map((a) => a.id);
+  }
+
+  /** Tries each checked address in order; the first to accept the TCP connection carries the tunnel. */
+  private async dialDirect(attempt: Attempt, addresses: string[], port: number): Promise<Upstream | undefined> {
+    let last: DialError | undefined;
+    for (const address of addresses) {
+      try {
+        const socket = await dial(address, port, this.config.timeouts.connectMs);
+        attempt.address = address;
+        attempt.egressed = true;
+        return { socket, base: { read: 0, written: 0 }, early: Buffer.alloc(0) };
+      } catch (err) {
+        last = err instanceof DialError ? err : new DialError('connect_error', (err as Error).message);
+      }
+    }
+    attempt.fail(last!.reason, last!.message);
+    return undefined;
+  }
+
+  /**
+   * Hands the connection to one healthy agent of the policy (failing over on dial errors). Seed 000: handed to an
+   * agent is success, even if the agent then cannot reach the destination (recorded as close_reason agent_rejected).
+   */
+  private async handToAgent(attempt: Attempt, policy: EgressPolicy, address: string, port: number): Promise<Upstream | undefined> {
+    const candidates = this.agents.candidates(policy.agents);
+    const tried: string[] = [];
+    for (const agent of candidates) {
+      tried.push(agent.id);
+      let socket: Socket;
+      try {
+        socket = await dial(agent.host, agent.port, this.config.timeouts.connectMs);
+      } catch (err) {
+        this.agents.markDown(agent, (err as Error).message);
+        continue;
+      }
+      attempt.egressed = true;
+      attempt.networkResources = [agent.id];
+      attempt.address = address;
+      return this.agentConnect(attempt, agent, socket, address, port);
+    }
+    attempt.networkResources = policy.agents.map((a) => a.id);
+    attempt.fail('no_healthy_agent', tried.length ? `no agent of ${policy.id} accepted a connection (tried ${tried.join(', ')})` : `every agent of ${policy.id} failed its health check`);
+    return undefined;
+  }
+
+  private async agentConnect(attempt: Attempt, agent: AgentRef, socket: Socket, address: string, port: number): Promise<Upstream | undefined> {
+    const target = formatHostPort(ipLiteral(address)!.toString(), port);
+    socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nCustos-Connection-Id: ${attempt.connectionId}\r\n\r\n`);
+    const reader = new HandshakeReader(socket, Date.now() + this.config.timeouts.connectMs + this.config.timeouts.handshakeMs);
+    try {
+      const answer = await reader.read((b) => parseResponseHead(b));
+      if (answer.status !== 200) {
+        attempt.closeReason = 'agent_rejected';
+        attempt.agentFailure = isFailureReason(answer.failure) ? answer.failure : 'connect_error';
+        attempt.closeDetail = `agent ${agent.id} could not reach ${address} port ${port}: ${answer.failure ?? answer.status}`;
+        this.log.info({ agent: agent.id, status: answer.status, failure: answer.failure, connection: attempt.connectionId }, 'agent could not reach the destination');
+        socket.destroy();
+        return undefined;
+      }
+    } catch (err) {
+      attempt.closeReason = 'agent_rejected';
+      attempt.agentFailure = 'connect_error';
+      attempt.closeDetail = `agent ${agent.id} answered CONNECT badly: ${(err as Error).message}`;
+      this.log.warn({ agent: agent.id, err: (err as Error).message }, 'agent answered CONNECT badly');
+      socket.destroy();
+      return undefined;
+    }
+    const early = reader.takeRest();
+    return { socket, base: { read: socket.bytesRead - early.length, written: socket.bytesWritten }, early };
+  }
+}
+
+/**
+ * Ends a refused attempt now (its duration is the time to the decision) and tells the client why; a client that
+ * does not close within a second is closed for it.
+ */
+function closeRefused(client: Socket, attempt: Attempt, reply?: string | Buffer): void {
+  attempt.end();
+  if (!client.destroyed) {
+    if (reply === undefined) client.end();
+    else client.end(reply);
+    client.resume();
+    setTimeout(() => client.destroy(), 1000).unref();
+  }
+}
+
+function isFailureReason(value: string | undefined): value is FailureReason {
+  return value !== undefined && value in FAILURE_REPLIES;
+}
+
+/** The origin-form request for the destination: hop-by-hop and proxy headers dropped, one request per connection. */
+function originFormHead(head: RequestHead, path: string): string {
+  const lines = [`${head.method} ${path} ${head.version}`];
+  for (const [name, value] of head.headers) if (!HOP_BY_HOP.has(name.toLowerCase())) lines.push(`${name}: ${value}`);
+  lines.push('Connection: close');
+  return `${lines.join('\r\n')}\r\n\r\n`;
+}
+
+function parseResponseHead(buffer: Buffer): { status: number; failure: string | undefined; length: number } | undefined {
+  const end = buffer.indexOf('\r\n\r\n');
+  if (end < 0) {
+    if (buffer.length > 16 * 1024) throw new ProtocolError('HEADER_TOO_LARGE', 'agent answer head too large');
+    return undefined;
+  }
+  const lines = buffer.subarray(0, end).toString('latin1').split('\r\n');
+  const status = /^HTTP\/1\.[01] (\d{3})/.exec(lines[0]!)?.[1];
+  if (!status) throw new ProtocolError('MALFORMED_REQUEST', `agent answered ${JSON.stringify(lines[0]!.slice(0, 80))}`);
+  const failure = lines.find((l) => l.toLowerCase().startsWith(`${AGENT_FAILURE_HEADER.toLowerCase()}:`))?.split(':')[1]?.trim();
+  return { status: Number(status), failure, length: end + 4 };
+}
