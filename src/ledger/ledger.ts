@@ -1,0 +1,293 @@
+import { mkdir, open, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { LogEntry } from '../model/index.ts';
+import { componentLogger } from '../telemetry/index.ts';
+import { archiveSealedSegments, archiveTargetOf, type ArchiveTarget } from './archive.ts';
+import { canonicalJson } from './canonical.ts';
+import { assertOrganization, LedgerError } from './errors.ts';
+import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
+import { EMPTY_ROOT, leafHash } from './merkle.ts';
+import { verifierKeyString, type NoteSigner } from './note.ts';
+import { OrgLog } from './org-log.ts';
+import { RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from './segment.ts';
+
+export interface LedgerOptions {
+  dir: string;
+  /** Extra wait before a group commit so more appends join it; 0 (default) commits on the next turn of the event loop. */
+  groupCommitMs?: number;
+  /** A segment is sealed once it would grow past this (default 64 MiB). */
+  segmentMaxBytes?: number;
+  /** Checkpoints are signed this often while entries arrive (default 1000 ms). */
+  checkpointIntervalMs?: number;
+  /** Sealed segments are copied here; a segment is sealed and archived within `maxDelayMs` (default 24 h) of its first entry. */
+  archive?: { target: ArchiveTarget | string; maxDelayMs?: number };
+  /** Checkpoint origins are `${originPrefix}${org}` (default `custos/`); fixed when the data dir is created. */
+  originPrefix?: string;
+}
+
+export interface InclusionProof {
+  leafIndex: number;
+  treeSize: number;
+  hashes: string[];
+}
+
+export interface ConsistencyProof {
+  from: number;
+  to: number;
+  hashes: string[];
+}
+
+const DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024;
+const DEFAULT_ARCHIVE_DELAY_MS = 24 * 60 * 60 * 1000;
+const READ_CHUNK_BYTES = 4 * 1024 * 1024;
+const log = componentLogger('ledger');
+
+/**
+ * The source of truth: one append-only Merkle log per organization under `<dir>/orgs/<org>/`, signed checkpoints,
+ * proofs, and the archive of sealed segments. `append` resolves only once its entries are fsynced.
+ */
+export class Ledger {
+  private readonly logs = new Map<string, Promise<OrgLog>>();
+  private readonly ready = new Map<string, OrgLog>();
+  private readonly timers: NodeJS.Timeout[] = [];
+  private archiving: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  private constructor(
+    readonly dir: string,
+    private readonly signer: NoteSigner,
+    private readonly meta: LedgerMeta,
+    private readonly options: LedgerOptions,
+    private readonly archiveTarget: ArchiveTarget | undefined,
+  ) {}
+
+  static async open(options: LedgerOptions): Promise<Ledger> {
+    const dir = options.dir;
+    try {
+      await mkdir(join(dir, 'orgs'), { recursive: true });
+    } catch (err) {
+      throw new LedgerError('IO_ERROR', `cannot create data dir ${dir}: ${(err as Error).message}`, { cause: err });
+    }
+    const { signer, meta } = await loadOrCreateSigner(dir, options.originPrefix ?? 'custos/');
+    const target = options.archive ? archiveTargetOf(options.archive.target) : undefined;
+    const ledger = new Ledger(dir, signer, meta, options, target);
+    for (const entry of await readdir(join(dir, 'orgs'), { withFileTypes: true })) {
+      if (!entry.isDirectory()) continue;
+      assertOrganization(entry.name);
+      const orgLog = await OrgLog.open(entry.name, join(dir, 'orgs', entry.name), ledger.orgLogOptions(entry.name));
+      ledger.logs.set(entry.name, Promise.resolve(orgLog));
+      ledger.ready.set(entry.name, orgLog);
+    }
+    ledger.startTimers();
+    return ledger;
+  }
+
+  private orgLogOptions(org: string) {
+    return {
+      groupCommitMs: this.options.groupCommitMs ?? 0,
+      segmentMaxBytes: this.options.segmentMaxBytes ?? DEFAULT_SEGMENT_MAX_BYTES,
+      signer: this.signer,
+      origin: `${this.meta.originPrefix}${org}`,
+      logger: log,
+    };
+  }
+
+  private startTimers(): void {
+    const interval = this.options.checkpointIntervalMs ?? 1000;
+    this.timers.push(setInterval(() => void this.checkpointGrown(), interval).unref());
+    if (this.archiveTarget) {
+      const maxDelay = this.options.archive?.maxDelayMs ?? DEFAULT_ARCHIVE_DELAY_MS;
+      this.timers.push(setInterval(() => void this.archive().catch((err: unknown) => log.error({ err }, 'archive run failed')), Math.max(10, Math.min(maxDelay / 4, 60_000))).unref());
+    }
+  }
+
+  private async checkpointGrown(): Promise<void> {
+    for (const orgLog of this.ready.values()) {
+      if (orgLog.tree.size === orgLog.checkpointedSize) continue;
+      await orgLog.checkpoint().catch((err: unknown) => log.error({ org: orgLog.org, err }, 'could not write checkpoint'));
+    }
+  }
+
+  private orgLog(org: string): Promise<OrgLog> {
+    let pending = this.logs.get(org);
+    if (!pending) {
+      pending = OrgLog.create(org, join(this.dir, 'orgs', org), this.orgLogOptions(org)).then(
+        (created) => {
+          this.ready.set(org, created);
+          return created;
+        },
+        (err: unknown) => {
+          this.logs.delete(org);
+          throw new LedgerError('IO_ERROR', `cannot create the log of ${org}: ${(err as Error).message}`, { org, cause: err });
+        },
+      );
+      this.logs.set(org, pending);
+    }
+    return pending;
+  }
+
+  private existing(org: string): OrgLog | undefined {
+    assertOrganization(org);
+    return this.ready.get(org);
+  }
+
+  /** Appends entries to the organization's log; resolves once they are durable, with the index of the first. */
+  async append(org: string, entries: LogEntry[]): Promise<{ firstIndex: number; treeSize: number }> {
+    if (this.closed) throw new LedgerError('CLOSED', 'ledger is closed', { org });
+    assertOrganization(org);
+    const payloads: Buffer[] = [];
+    const leaves: Buffer[] = [];
+    for (let i = 0; i < entries.length; i++) {
+      let payload: Buffer;
+      try {
+        payload = Buffer.from(canonicalJson(entries[i]), 'utf8');
+      } catch (err) {
+        throw new LedgerError('INVALID_ENTRY', `entry ${i}: ${(err as Error).message}`, { org, cause: err });
+      }
+      payloads.push(payload);
+      leaves.push(leafHash(payload));
+    }
+    const orgLog = await this.orgLog(org);
+    if (payloads.length === 0) return { firstIndex: orgLog.tree.size, treeSize: orgLog.tree.size };
+    return orgLog.append(payloads, leaves);
+  }
+
+  treeSize(org: string): number {
+    return this.existing(org)?.tree.size ?? 0;
+  }
+
+  organizations(): string[] {
+    return [...this.ready.keys()].sort();
+  }
+
+  /** Base64 root hash at `treeSize` (default: current). */
+  rootHash(org: string, treeSize?: number): string {
+    const orgLog = this.existing(org);
+    if (!orgLog) return this.emptyOrgRoot(org, treeSize);
+    return orgLog.tree.root(treeSize).toString('base64');
+  }
+
+  private emptyOrgRoot(org: string, treeSize?: number): string {
+    if (treeSize !== undefined && treeSize !== 0) throw new LedgerError('INVALID_ARGUMENT', `${org} has no entries`, { org });
+    return EMPTY_ROOT.toString('base64');
+  }
+
+  /** Entries `[from, to)` with their indexes, in order, read straight from the segment files. */
+  async *read(org: string, from = 0, to?: number): AsyncIterable<{ index: number; entry: LogEntry }> {
+    for await (const { index, bytes } of this.readRaw(org, from, to)) yield { index, entry: JSON.parse(bytes.toString('utf8')) as LogEntry };
+  }
+
+  /** Like `read`, but yields each entry's stored canonical JSON bytes (the bytes its Merkle leaf hashes). */
+  async *readRaw(org: string, from = 0, to?: number): AsyncIterable<{ index: number; bytes: Buffer }> {
+    const orgLog = this.existing(org);
+    const size = orgLog?.tree.size ?? 0;
+    const end = Math.min(to ?? size, size);
+    if (!Number.isSafeInteger(from) || from < 0) throw new LedgerError('INVALID_ARGUMENT', `read from ${from} is not an entry index`, { org });
+    if (!orgLog || from >= end) return;
+    const segments = orgLog.segments.filter((s) => s.firstIndex + s.entryCount > from && s.firstIndex < end);
+    for (const segment of segments) {
+      const limit = segment.length; // never read past what was durable when the segment was listed
+      const file = await open(segment.path, 'r');
+      try {
+        let buffer = Buffer.allocUnsafe(READ_CHUNK_BYTES);
+        let position = SEGMENT_HEADER_BYTES;
+        let index = segment.firstIndex;
+        let filled = 0;
+        while (position < limit && index < end) {
+          const { bytesRead } = await file.read(buffer, filled, Math.min(buffer.length - filled, limit - position), position);
+          if (bytesRead === 0) break;
+          position += bytesRead;
+          filled += bytesRead;
+          const batch: { index: number; bytes: Buffer }[] = [];
+          let offset = 0;
+          while (filled - offset >= RECORD_HEADER_BYTES && index < end) {
+            const length = buffer.readUInt32BE(offset);
+            if (filled - offset < RECORD_HEADER_BYTES + length) break;
+            if (index >= from) batch.push({ index, bytes: Buffer.from(buffer.subarray(offset + RECORD_HEADER_BYTES, offset + RECORD_HEADER_BYTES + length)) });
+            index++;
+            offset += RECORD_HEADER_BYTES + length;
+          }
+          buffer.copy(buffer, 0, offset, filled);
+          filled -= offset;
+          if (filled === buffer.length) {
+            const bigger = Buffer.allocUnsafe(buffer.length * 2);
+            buffer.copy(bigger, 0, 0, filled);
+            buffer = bigger;
+          }
+          yield* batch;
+        }
+      } finally {
+        await file.close();
+      }
+    }
+  }
+
+  /** A signed checkpoint for the organization's current size, persisted in its checkpoint history. */
+  async checkpoint(org: string): Promise<string> {
+    assertOrganization(org);
+    const orgLog = await this.orgLog(org);
+    return orgLog.checkpoint();
+  }
+
+  /** The C2SP verifier key (`name+keyid+base64`) that verifies every checkpoint of this ledger. */
+  verifierKey(): string {
+    return verifierKeyString(this.signer);
+  }
+
+  /** Checkpoint origin of an organization's log. */
+  origin(org: string): string {
+    assertOrganization(org);
+    return `${this.meta.originPrefix}${org}`;
+  }
+
+  inclusionProof(org: string, index: number, treeSize?: number): InclusionProof {
+    const orgLog = this.requireLog(org);
+    const size = treeSize ?? orgLog.tree.size;
+    return { leafIndex: index, treeSize: size, hashes: orgLog.tree.inclusionProof(index, size).map((h) => h.toString('base64')) };
+  }
+
+  consistencyProof(org: string, from: number, to: number): ConsistencyProof {
+    const orgLog = this.requireLog(org);
+    return { from, to, hashes: orgLog.tree.consistencyProof(from, to).map((h) => h.toString('base64')) };
+  }
+
+  /** Base64 leaf hash of entry `index`, for clients that check an inclusion proof against an entry they hold. */
+  leafHash(org: string, index: number): string {
+    return this.requireLog(org).tree.leaf(index).toString('base64');
+  }
+
+  private requireLog(org: string): OrgLog {
+    const orgLog = this.existing(org);
+    if (!orgLog) throw new LedgerError('INVALID_ARGUMENT', `organization ${org} has no entries`, { org });
+    return orgLog;
+  }
+
+  /**
+   * One archive pass: seals active segments whose first entry is older than half the archive bound, then copies
+   * every sealed segment not yet archived. Runs on a timer; `force` seals every non-empty active segment now.
+   */
+  archive(options: { force?: boolean } = {}): Promise<void> {
+    const target = this.archiveTarget;
+    if (!target) return Promise.resolve();
+    const maxDelay = this.options.archive?.maxDelayMs ?? DEFAULT_ARCHIVE_DELAY_MS;
+    const run = this.archiving.then(async () => {
+      for (const orgLog of this.ready.values()) {
+        await orgLog.sealIfOlderThan(options.force ? 0 : maxDelay / 2);
+        await archiveSealedSegments(orgLog, target, this.signer, log);
+      }
+    });
+    this.archiving = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const timer of this.timers) clearInterval(timer);
+    await this.archiving;
+    for (const orgLog of this.ready.values()) {
+      await orgLog.close();
+      if (orgLog.tree.size !== orgLog.checkpointedSize) await orgLog.checkpoint();
+    }
+  }
+}

@@ -1,0 +1,143 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { describe, it } from 'node:test';
+import { leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
+
+interface Vectors {
+  leaves: string[];
+  roots: string[];
+  inclusion: { leafIndex: number; treeSize: number; proof: string[] }[];
+  consistency: { from: number; to: number; proof: string[] }[];
+}
+const vectors = JSON.parse(readFileSync(new URL('../../test/fixtures/ledger/rfc6962-vectors.json', import.meta.url), 'utf8')) as Vectors;
+const hex = (h: Buffer): string => h.toString('hex');
+const fromHex = (s: string): Buffer => Buffer.from(s, 'hex');
+const leaves = vectors.leaves.map((d) => leafHash(fromHex(d)));
+
+function treeOf(size: number): MerkleTree {
+  const tree = new MerkleTree();
+  for (const leaf of leaves.slice(0, size)) tree.append(leaf);
+  return tree;
+}
+
+/** MTH straight from RFC 6962 §2.1, as the reference the tree is compared with. */
+function referenceRoot(hashes: Buffer[]): Buffer {
+  if (hashes.length === 0) return createHash('sha256').digest();
+  if (hashes.length === 1) return hashes[0] as Buffer;
+  let k = 1;
+  while (k * 2 < hashes.length) k *= 2;
+  return nodeHash(referenceRoot(hashes.slice(0, k)), referenceRoot(hashes.slice(k)));
+}
+
+describe('RFC 6962 test leaves', () => {
+  it('roots of every size 1..8 match the known answers', () => {
+    const tree = new MerkleTree();
+    for (let size = 1; size <= 8; size++) {
+      tree.append(leaves[size - 1] as Buffer);
+      assert.equal(hex(tree.root()), vectors.roots[size - 1], `size ${size}`);
+      for (let earlier = 1; earlier <= size; earlier++) assert.equal(hex(tree.root(earlier)), vectors.roots[earlier - 1]);
+    }
+  });
+
+  it('the empty tree hashes to SHA-256 of nothing', () => {
+    assert.equal(hex(new MerkleTree().root()), 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855');
+  });
+
+  for (const v of vectors.inclusion) {
+    it(`inclusion proof for leaf ${v.leafIndex} in size ${v.treeSize} is generated and verified`, () => {
+      const tree = treeOf(8);
+      assert.deepEqual(tree.inclusionProof(v.leafIndex, v.treeSize).map(hex), v.proof);
+      assert.ok(verifyInclusion(v.leafIndex, v.treeSize, leaves[v.leafIndex] as Buffer, v.proof.map(fromHex), fromHex(vectors.roots[v.treeSize - 1] as string)));
+    });
+  }
+
+  for (const v of vectors.consistency) {
+    it(`consistency proof ${v.from} → ${v.to} is generated and verified`, () => {
+      const tree = treeOf(8);
+      assert.deepEqual(tree.consistencyProof(v.from, v.to).map(hex), v.proof);
+      assert.ok(verifyConsistency(v.from, v.to, v.proof.map(fromHex), fromHex(vectors.roots[v.from - 1] as string), fromHex(vectors.roots[v.to - 1] as string)));
+    });
+  }
+});
+
+describe('C2SP merkle-tree 7-entry example', () => {
+  const [a, b, c, d, e, f, g] = leaves as [Buffer, Buffer, Buffer, Buffer, Buffer, Buffer, Buffer];
+  const h = nodeHash(a, b);
+  const i = nodeHash(c, d);
+  const j = nodeHash(e, f);
+  const k = nodeHash(h, i);
+  const l = nodeHash(j, g);
+  const root = nodeHash(k, l);
+  const tree = treeOf(7);
+
+  it('root = H(0x01 ‖ k ‖ l) and equals the known answer for size 7', () => {
+    assert.equal(hex(tree.root()), hex(root));
+    assert.equal(hex(root), vectors.roots[6]);
+  });
+
+  const inclusion: [number, Buffer[]][] = [[0, [b, i, l]], [3, [c, h, l]], [4, [f, g, k]], [6, [j, k]]];
+  for (const [index, expected] of inclusion) {
+    it(`d[${index}] is proved by the listed nodes`, () => {
+      assert.deepEqual(tree.inclusionProof(index, 7).map(hex), expected.map(hex));
+      assert.ok(verifyInclusion(index, 7, leaves[index] as Buffer, expected, root));
+    });
+  }
+
+  const consistency: [number, Buffer[]][] = [[3, [c, d, h, l]], [4, [l]], [6, [j, g, k]]];
+  for (const [from, expected] of consistency) {
+    it(`size ${from} → 7 is proved by the listed nodes`, () => {
+      assert.deepEqual(tree.consistencyProof(from, 7).map(hex), expected.map(hex));
+      assert.ok(verifyConsistency(from, 7, expected, tree.root(from), root));
+    });
+  }
+});
+
+describe('verification refuses what the transparency-dev probes mutate', () => {
+  const tree = treeOf(8);
+  const root = tree.root();
+  const proof = tree.inclusionProof(5, 8);
+  const flipped = proof.map((p, n) => (n === 1 ? Buffer.from(p.map((byte, at) => (at === 0 ? byte ^ 8 : byte))) : p));
+  const probes: [string, () => boolean][] = [
+    ['leaf index - 1', () => verifyInclusion(4, 8, leaves[5] as Buffer, proof, root)],
+    ['leaf index + 1', () => verifyInclusion(6, 8, leaves[5] as Buffer, proof, root)],
+    ['tree size * 2', () => verifyInclusion(5, 16, leaves[5] as Buffer, proof, root)],
+    ['tree size / 2', () => verifyInclusion(5, 4, leaves[5] as Buffer, proof, root)],
+    ['wrong leaf', () => verifyInclusion(5, 8, leaves[4] as Buffer, proof, root)],
+    ['trailing root', () => verifyInclusion(5, 8, leaves[5] as Buffer, [...proof, root], root)],
+    ['preceding root', () => verifyInclusion(5, 8, leaves[5] as Buffer, [root, ...proof], root)],
+    ['removed component', () => verifyInclusion(5, 8, leaves[5] as Buffer, proof.slice(0, -1), root)],
+    ['modified proof[1] bit 3', () => verifyInclusion(5, 8, leaves[5] as Buffer, flipped, root)],
+    ['index beyond size', () => verifyInclusion(8, 8, leaves[5] as Buffer, proof, root)],
+    ['consistency with swapped roots', () => verifyConsistency(6, 8, tree.consistencyProof(6, 8), root, tree.root(6))],
+    ['consistency with empty proof', () => verifyConsistency(6, 8, [], tree.root(6), root)],
+    ['consistency with truncated proof', () => verifyConsistency(6, 8, tree.consistencyProof(6, 8).slice(0, -1), tree.root(6), root)],
+    ['consistency 1 → 1 with different roots', () => verifyConsistency(1, 1, [], tree.root(1), root)],
+    ['consistency backwards in time', () => verifyConsistency(2, 1, [], tree.root(2), tree.root(1))],
+  ];
+  for (const [name, probe] of probes) it(`rejects ${name}`, () => assert.equal(probe(), false));
+});
+
+describe('a larger tree agrees with the RFC recursion', () => {
+  it('every root, inclusion and consistency proof up to size 70 verifies against the reference MTH', () => {
+    const hashes = Array.from({ length: 70 }, (_, n) => leafHash(Buffer.from(`entry ${n}`)));
+    const tree = new MerkleTree();
+    for (const leaf of hashes) tree.append(leaf);
+    for (let size = 1; size <= 70; size++) {
+      const root = referenceRoot(hashes.slice(0, size));
+      assert.equal(hex(tree.root(size)), hex(root), `root ${size}`);
+      for (let index = 0; index < size; index++) {
+        assert.ok(verifyInclusion(index, size, hashes[index] as Buffer, tree.inclusionProof(index, size), root), `inclusion ${index}/${size}`);
+      }
+      for (let from = 0; from <= size; from++) {
+        assert.ok(verifyConsistency(from, size, tree.consistencyProof(from, size), tree.root(from), root), `consistency ${from}→${size}`);
+      }
+    }
+  });
+
+  it('accepts base64 strings as proofs travel over HTTP', () => {
+    const tree = treeOf(8);
+    const proof = tree.inclusionProof(3, 8).map((h) => h.toString('base64'));
+    assert.ok(verifyInclusion(3, 8, (leaves[3] as Buffer).toString('base64'), proof, tree.root().toString('base64')));
+  });
+});

@@ -1,0 +1,255 @@
+import { hash } from 'node:crypto';
+import { LedgerError } from './errors.ts';
+
+/**
+ * The RFC 6962 §2.1 Merkle tree (C2SP merkle-tree): leaf = SHA-256(0x00 ‖ entry), node = SHA-256(0x01 ‖ left ‖
+ * right), left subtree always the largest power of two smaller than the size.
+ */
+export const HASH_SIZE = 32;
+export const EMPTY_ROOT: Buffer = hash('sha256', Buffer.alloc(0), 'buffer');
+
+const leafScratch = { buffer: Buffer.alloc(64 * 1024) };
+const nodeScratch = Buffer.alloc(1 + 2 * HASH_SIZE);
+nodeScratch[0] = 0x01;
+
+export function leafHash(canonicalBytes: Uint8Array): Buffer {
+  const needed = canonicalBytes.length + 1;
+  if (leafScratch.buffer.length < needed) leafScratch.buffer = Buffer.alloc(Math.max(needed, leafScratch.buffer.length * 2));
+  const scratch = leafScratch.buffer;
+  scratch[0] = 0x00;
+  scratch.set(canonicalBytes, 1);
+  return hash('sha256', scratch.subarray(0, needed), 'buffer');
+}
+
+export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  nodeScratch.set(left, 1);
+  nodeScratch.set(right, 1 + HASH_SIZE);
+  return hash('sha256', nodeScratch, 'buffer');
+}
+
+/** The largest power of two strictly smaller than n (n ≥ 2). */
+function splitPoint(n: number): number {
+  let k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+const isOdd = (x: number): boolean => x % 2 === 1;
+const half = (x: number): number => Math.floor(x / 2);
+
+function isPowerOfTwo(x: number): boolean {
+  while (x > 1 && x % 2 === 0) x /= 2;
+  return x === 1;
+}
+
+/** Append-only growable array of 32-byte hashes in 2 MiB chunks, so growth never copies what is stored. */
+class HashArray {
+  private static readonly CHUNK = 65536;
+  private readonly chunks: Buffer[] = [];
+  length = 0;
+
+  push(value: Uint8Array): void {
+    const chunkIndex = Math.floor(this.length / HashArray.CHUNK);
+    if (chunkIndex === this.chunks.length) this.chunks.push(Buffer.allocUnsafe(HashArray.CHUNK * HASH_SIZE));
+    (this.chunks[chunkIndex] as Buffer).set(value, (this.length % HashArray.CHUNK) * HASH_SIZE);
+    this.length++;
+  }
+
+  get(index: number): Buffer {
+    const chunk = this.chunks[Math.floor(index / HashArray.CHUNK)] as Buffer;
+    const offset = (index % HashArray.CHUNK) * HASH_SIZE;
+    return chunk.subarray(offset, offset + HASH_SIZE);
+  }
+}
+
+/**
+ * A Merkle tree that answers roots and proofs for any size up to its own without rereading entries. It keeps the
+ * hashes of every complete subtree on levels 0, 4, 8, … (about 34 bytes per leaf) and rebuilds a node on the levels
+ * in between from at most 8 stored descendants; the right edge is a compact range (one pending node per level).
+ */
+export class MerkleTree {
+  private static readonly KEEP_EVERY = 4;
+  private readonly levels: HashArray[] = [];
+  private readonly frontier: (Buffer | undefined)[] = [];
+  private count = 0;
+
+  get size(): number {
+    return this.count;
+  }
+
+  append(leaf: Uint8Array): void {
+    let node: Buffer = Buffer.from(leaf);
+    let index = this.count;
+    let level = 0;
+    this.keep(0, node);
+    while (isOdd(index)) {
+      node = nodeHash(this.frontier[level] as Buffer, node);
+      this.frontier[level] = undefined;
+      level++;
+      index = half(index);
+      this.keep(level, node);
+    }
+    this.frontier[level] = node;
+    this.count++;
+  }
+
+  /** Root hash of the first `size` leaves (RFC 6962 MTH(D[0:size])). */
+  root(size: number = this.count): Buffer {
+    this.checkSize(size);
+    if (size === 0) return EMPTY_ROOT;
+    if (size === this.count) {
+      let root: Buffer | undefined;
+      for (const pending of this.frontier) {
+        if (pending !== undefined) root = root === undefined ? pending : nodeHash(pending, root);
+      }
+      return root as Buffer;
+    }
+    return this.rangeHash(0, size);
+  }
+
+  leaf(index: number): Buffer {
+    if (!Number.isSafeInteger(index) || index < 0 || index >= this.count) throw new LedgerError('INVALID_ARGUMENT', `leaf ${index} outside tree of size ${this.count}`);
+    return this.node(0, index);
+  }
+
+  /** RFC 6962 §2.1.1 PATH(m, D[n]). */
+  inclusionProof(index: number, size: number = this.count): Buffer[] {
+    this.checkSize(size);
+    if (!Number.isSafeInteger(index) || index < 0 || index >= size) throw new LedgerError('INVALID_ARGUMENT', `leaf index ${index} outside tree of size ${size}`);
+    const path: Buffer[] = [];
+    const walk = (m: number, start: number, n: number): void => {
+      if (n === 1) return;
+      const k = splitPoint(n);
+      if (m < k) {
+        walk(m, start, k);
+        path.push(this.rangeHash(start + k, n - k));
+      } else {
+        walk(m - k, start + k, n - k);
+        path.push(this.rangeHash(start, k));
+      }
+    };
+    walk(index, 0, size);
+    return path;
+  }
+
+  /** RFC 6962 §2.1.2 PROOF(m, D[n]) via SUBPROOF. */
+  consistencyProof(from: number, to: number = this.count): Buffer[] {
+    this.checkSize(to);
+    if (!Number.isSafeInteger(from) || from < 0 || from > to) throw new LedgerError('INVALID_ARGUMENT', `consistency from ${from} to ${to} is not a valid range`);
+    if (from === 0 || from === to) return [];
+    const proof: Buffer[] = [];
+    const subproof = (m: number, start: number, n: number, complete: boolean): void => {
+      if (m === n) {
+        if (!complete) proof.push(this.rangeHash(start, n));
+        return;
+      }
+      const k = splitPoint(n);
+      if (m <= k) {
+        subproof(m, start, k, complete);
+        proof.push(this.rangeHash(start + k, n - k));
+      } else {
+        subproof(m - k, start + k, n - k, false);
+        proof.push(this.rangeHash(start, k));
+      }
+    };
+    subproof(from, 0, to, true);
+    return proof;
+  }
+
+  private checkSize(size: number): void {
+    if (!Number.isSafeInteger(size) || size < 0 || size > this.count) throw new LedgerError('INVALID_ARGUMENT', `tree size ${size} outside 0..${this.count}`);
+  }
+
+  private keep(level: number, node: Buffer): void {
+    if (level % MerkleTree.KEEP_EVERY !== 0) return;
+    const stored = level / MerkleTree.KEEP_EVERY;
+    while (this.levels.length <= stored) this.levels.push(new HashArray());
+    (this.levels[stored] as HashArray).push(node);
+  }
+
+  /** Hash of the complete subtree of height `level` whose leftmost leaf is index·2^level. */
+  private node(level: number, index: number): Buffer {
+    if (level % MerkleTree.KEEP_EVERY === 0) return (this.levels[level / MerkleTree.KEEP_EVERY] as HashArray).get(index);
+    return nodeHash(this.node(level - 1, 2 * index), this.node(level - 1, 2 * index + 1));
+  }
+
+  /** MTH(D[start:start+n]) where start is a multiple of the largest power of two ≤ n, as in every RFC recursion. */
+  private rangeHash(start: number, n: number): Buffer {
+    let level = 0;
+    while (2 ** (level + 1) <= n) level++;
+    if (2 ** level === n && start % n === 0) return this.node(level, start / n);
+    const k = splitPoint(n);
+    return nodeHash(this.rangeHash(start, k), this.rangeHash(start + k, n - k));
+  }
+}
+
+type HashInput = Uint8Array | string;
+const toHash = (value: HashInput): Buffer => (typeof value === 'string' ? Buffer.from(value, 'base64') : Buffer.from(value.buffer, value.byteOffset, value.byteLength));
+
+/** Root implied by an inclusion proof (C2SP merkle-tree "Verification"), or undefined when the proof is malformed. */
+export function rootFromInclusionProof(leafIndex: number, treeSize: number, leaf: HashInput, proof: readonly HashInput[]): Buffer | undefined {
+  if (!Number.isSafeInteger(leafIndex) || !Number.isSafeInteger(treeSize) || leafIndex < 0 || leafIndex >= treeSize) return undefined;
+  let h = toHash(leaf);
+  if (h.length !== HASH_SIZE) return undefined;
+  let fn = leafIndex;
+  let sn = treeSize - 1;
+  for (const element of proof) {
+    const p = toHash(element);
+    if (p.length !== HASH_SIZE || sn === 0) return undefined;
+    if (isOdd(fn) || fn === sn) {
+      h = nodeHash(p, h);
+      while (!isOdd(fn) && fn !== 0) {
+        fn = half(fn);
+        sn = half(sn);
+      }
+    } else {
+      h = nodeHash(h, p);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return sn === 0 ? h : undefined;
+}
+
+/** True when `proof` shows the leaf hash at `leafIndex` in the tree of `treeSize` with `root`. */
+export function verifyInclusion(leafIndex: number, treeSize: number, leaf: HashInput, proof: readonly HashInput[], root: HashInput): boolean {
+  const computed = rootFromInclusionProof(leafIndex, treeSize, leaf, proof);
+  return computed !== undefined && computed.equals(toHash(root));
+}
+
+/** True when `proof` shows the tree (from, fromRoot) is a prefix of (to, toRoot) (C2SP merkle-tree "Verification"). */
+export function verifyConsistency(from: number, to: number, proof: readonly HashInput[], fromRoot: HashInput, toRoot: HashInput): boolean {
+  if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 0 || from > to) return false;
+  const r1 = toHash(fromRoot);
+  const r2 = toHash(toRoot);
+  if (from === to) return proof.length === 0 && r1.equals(r2);
+  if (from === 0) return proof.length === 0;
+  if (proof.length === 0) return false;
+  const hashes = proof.map(toHash);
+  if (hashes.some((h) => h.length !== HASH_SIZE)) return false;
+  if (isPowerOfTwo(from)) hashes.unshift(r1);
+  let fn = from - 1;
+  let sn = to - 1;
+  while (isOdd(fn)) {
+    fn = half(fn);
+    sn = half(sn);
+  }
+  let fr = hashes[0] as Buffer;
+  let sr = fr;
+  for (const p of hashes.slice(1)) {
+    if (sn === 0) return false;
+    if (isOdd(fn) || fn === sn) {
+      fr = nodeHash(p, fr);
+      sr = nodeHash(p, sr);
+      while (!isOdd(fn) && fn !== 0) {
+        fn = half(fn);
+        sn = half(sn);
+      }
+    } else {
+      sr = nodeHash(sr, p);
+    }
+    fn = half(fn);
+    sn = half(sn);
+  }
+  return sn === 0 && fr.equals(r1) && sr.equals(r2);
+}

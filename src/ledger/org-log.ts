@@ -1,0 +1,330 @@
+import { mkdir, open, readdir, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts';
+import { LedgerError } from './errors.ts';
+import { syncDirectory, writeFileDurably } from './fsutil.ts';
+import { leafHash, MerkleTree } from './merkle.ts';
+import type { NoteSigner } from './note.ts';
+import { encodeRecords, encodeSegmentHeader, scanSegment, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
+
+export interface SegmentInfo {
+  name: string;
+  path: string;
+  firstIndex: number;
+  entryCount: number;
+  /** Bytes of the file that hold good records (the file is never longer once recovered). */
+  length: number;
+  createdMs: number;
+}
+
+export interface ArchiveState {
+  /** Entries [0, archivedThrough) are in the archive. */
+  archivedThrough: number;
+  previousManifestSha256: string | null;
+}
+
+interface PendingAppend {
+  payloads: Buffer[];
+  leaves: Buffer[];
+  resolve: (result: { firstIndex: number; treeSize: number }) => void;
+  reject: (error: unknown) => void;
+}
+
+export interface OrgLogOptions {
+  groupCommitMs: number;
+  segmentMaxBytes: number;
+  signer: NoteSigner;
+  origin: string;
+  logger: Logger;
+}
+
+export const CHECKPOINT_HISTORY = 'checkpoints.log';
+export const ARCHIVE_STATE = 'archive.json';
+
+/** Reads the checkpoint history: one JSON string (a signed note) per line; a torn last line is skipped. */
+export async function readCheckpointHistory(path: string): Promise<{ notes: string[]; tornTail: boolean }> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { notes: [], tornTail: false };
+    throw err;
+  }
+  const lines = text.split('\n');
+  const last = lines.pop();
+  const notes: string[] = [];
+  for (const line of lines) notes.push(JSON.parse(line) as string);
+  return { notes, tornTail: last !== undefined && last !== '' };
+}
+
+/**
+ * One organization's append-only log: its segment files, its Merkle tree and its checkpoints. Appends are queued
+ * and written by one group commit at a time (one write and one fdatasync for every append waiting), and the tree
+ * only grows once the bytes are durable, so a failed write leaves nothing half-applied.
+ */
+export class OrgLog {
+  readonly tree = new MerkleTree();
+  readonly segments: SegmentInfo[] = [];
+  private active: { info: SegmentInfo; file: FileHandle } | undefined;
+  private pending: PendingAppend[] = [];
+  private flushScheduled = false;
+  private exclusive: Promise<void> = Promise.resolve();
+  private needsTruncate = false;
+  private latest: { note: string; treeSize: number } | undefined;
+  private checkpointChain: Promise<unknown> = Promise.resolve();
+  archiveState: ArchiveState = { archivedThrough: 0, previousManifestSha256: null };
+
+  private constructor(
+    readonly org: string,
+    readonly dir: string,
+    private readonly options: OrgLogOptions,
+  ) {}
+
+  get origin(): string {
+    return this.options.origin;
+  }
+
+  get segmentsDir(): string {
+    return join(this.dir, 'segments');
+  }
+
+  static async create(org: string, dir: string, options: OrgLogOptions): Promise<OrgLog> {
+    const log = new OrgLog(org, dir, options);
+    await mkdir(log.segmentsDir, { recursive: true });
+    await syncDirectory(dir);
+    await syncDirectory(join(dir, '..'));
+    return log;
+  }
+
+  /** Loads an existing log: rebuilds the tree from the segments, cuts a torn tail, checks the latest checkpoint. */
+  static async open(org: string, dir: string, options: OrgLogOptions): Promise<OrgLog> {
+    const log = await OrgLog.create(org, dir, options);
+    const { notes, tornTail } = await readCheckpointHistory(join(dir, CHECKPOINT_HISTORY));
+    if (tornTail) options.logger.warn({ org }, 'checkpoint history ends in a torn line; ignoring it');
+    const lastNote = notes.at(-1);
+    const lastCheckpoint: Checkpoint | undefined = lastNote === undefined ? undefined : openCheckpoint(lastNote, options.signer, options.origin);
+    if (lastNote !== undefined && lastCheckpoint !== undefined) log.latest = { note: lastNote, treeSize: lastCheckpoint.treeSize };
+    try {
+      log.archiveState = JSON.parse(await readFile(join(dir, ARCHIVE_STATE), 'utf8')) as ArchiveState;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+
+    const names = (await readdir(log.segmentsDir)).filter((name) => segmentFirstIndex(name) !== undefined).sort();
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i] as string;
+      const path = join(log.segmentsDir, name);
+      const isLast = i === names.length - 1;
+      const firstIndex = log.tree.size;
+      const scan = await scanSegment(path, firstIndex, (_index, payload) => log.tree.append(leafHash(payload)));
+      if (scan.problem) {
+        const checkpointed = lastCheckpoint?.treeSize ?? 0;
+        if (!isLast || scan.problem.index < checkpointed) {
+          throw new LedgerError(scan.problem.code, `${org}/${name} at byte ${scan.problem.offset}: ${scan.problem.reason}; run custos verify`, { org, segment: name, entryIndex: scan.problem.index });
+        }
+        await log.cutTornTail(path, name, scan.validLength, scan.fileLength, scan.problem.reason);
+        if (scan.validLength < SEGMENT_HEADER_BYTES) continue;
+      }
+      log.segments.push({ name, path, firstIndex, entryCount: scan.nextIndex - firstIndex, length: scan.validLength, createdMs: scan.header?.createdMs ?? Date.now() });
+    }
+    if (lastCheckpoint) {
+      if (lastCheckpoint.treeSize > log.tree.size) {
+        throw new LedgerError('TRUNCATED_LOG', `${org} holds ${log.tree.size} entries but its checkpoint commits to ${lastCheckpoint.treeSize}; run custos verify`, { org, entryIndex: log.tree.size });
+      }
+      if (!log.tree.root(lastCheckpoint.treeSize).equals(lastCheckpoint.rootHash)) {
+        throw new LedgerError('ROOT_MISMATCH', `${org}: entries do not match the checkpoint at size ${lastCheckpoint.treeSize}; run custos verify`, { org });
+      }
+    }
+    const last = log.segments.at(-1);
+    if (last && last.firstIndex >= log.archiveState.archivedThrough) {
+      log.active = { info: last, file: await open(last.path, 'r+') };
+    }
+    return log;
+  }
+
+  /** A crash can leave the last segment ending inside a record that was never acknowledged: keep its bytes aside, cut it. */
+  private async cutTornTail(path: string, name: string, validLength: number, fileLength: number, reason: string): Promise<void> {
+    const file = await open(path, 'r+');
+    try {
+      const tail = Buffer.alloc(fileLength - validLength);
+      await file.read(tail, 0, tail.length, validLength);
+      await writeFileDurably(`${path}.torn-${validLength}`, tail);
+      await file.truncate(validLength);
+      await file.sync();
+    } finally {
+      await file.close();
+    }
+    if (validLength < SEGMENT_HEADER_BYTES) {
+      await unlink(path);
+      await syncDirectory(this.segmentsDir);
+    }
+    this.options.logger.warn({ org: this.org, segment: name, offset: validLength, droppedBytes: fileLength - validLength, reason }, 'cut torn tail of segment after crash');
+  }
+
+  append(payloads: Buffer[], leaves: Buffer[]): Promise<{ firstIndex: number; treeSize: number }> {
+    return new Promise((resolve, reject) => {
+      this.pending.push({ payloads, leaves, resolve, reject });
+      this.scheduleFlush();
+    });
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    const run = (): void => {
+      this.flushScheduled = false;
+      void this.serially(() => this.flush());
+    };
+    if (this.options.groupCommitMs > 0) setTimeout(run, this.options.groupCommitMs);
+    else setImmediate(run);
+  }
+
+  /** Runs `task` after every earlier exclusive task (flushes, seals, close) has finished. */
+  serially<T>(task: () => Promise<T>): Promise<T> {
+    const result = this.exclusive.then(task);
+    this.exclusive = result.then(() => undefined, () => undefined);
+    return result;
+  }
+
+  private async flush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length === 0) return;
+    const payloads = batch.flatMap((item) => item.payloads);
+    const firstIndex = this.tree.size;
+    const records = encodeRecords(firstIndex, payloads);
+    let segment: { info: SegmentInfo; file: FileHandle } | undefined;
+    try {
+      segment = await this.segmentFor(records.length);
+      if (this.needsTruncate) {
+        await segment.file.truncate(segment.info.length);
+        this.needsTruncate = false;
+      }
+      let written = 0;
+      while (written < records.length) {
+        const { bytesWritten } = await segment.file.write(records, written, records.length - written, segment.info.length + written);
+        written += bytesWritten;
+      }
+      await segment.file.datasync();
+    } catch (err) {
+      if (segment) {
+        this.needsTruncate = true;
+        await segment.file.truncate(segment.info.length).then(() => { this.needsTruncate = false; }, () => undefined);
+      }
+      const error = new LedgerError('IO_ERROR', `${this.org}: could not make ${payloads.length} entries durable: ${(err as Error).message}`, { org: this.org, cause: err });
+      this.options.logger.error({ org: this.org, err }, 'append failed; nothing of the batch was acknowledged');
+      for (const item of batch) item.reject(error);
+      return;
+    }
+    segment.info.length += records.length;
+    segment.info.entryCount += payloads.length;
+    let index = firstIndex;
+    for (const item of batch) {
+      for (const leaf of item.leaves) this.tree.append(leaf);
+      item.resolve({ firstIndex: index, treeSize: firstIndex + payloads.length });
+      index += item.leaves.length;
+    }
+  }
+
+  /** The segment the next `bytes` go to: the active one, or a new one once the active one is full or sealed. */
+  private async segmentFor(bytes: number): Promise<{ info: SegmentInfo; file: FileHandle }> {
+    if (this.active && this.active.info.length > SEGMENT_HEADER_BYTES && this.active.info.length + bytes > this.options.segmentMaxBytes) {
+      await this.sealActive();
+    }
+    if (this.active) return this.active;
+    const firstIndex = this.tree.size;
+    const name = segmentFileName(firstIndex);
+    const path = join(this.segmentsDir, name);
+    const createdMs = Date.now();
+    const file = await open(path, 'w+');
+    try {
+      const header = encodeSegmentHeader({ firstIndex, createdMs });
+      await file.write(header, 0, header.length, 0);
+      await file.datasync();
+      await syncDirectory(this.segmentsDir);
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      await unlink(path).catch(() => undefined);
+      throw err;
+    }
+    const info: SegmentInfo = { name, path, firstIndex, entryCount: 0, length: SEGMENT_HEADER_BYTES, createdMs };
+    this.segments.push(info);
+    this.active = { info, file };
+    return this.active;
+  }
+
+  private async sealActive(): Promise<void> {
+    const active = this.active;
+    if (!active) return;
+    this.active = undefined;
+    await active.file.close();
+  }
+
+  /** Seals the active segment if it has entries and its first entry is older than `ageMs` (archive bound). */
+  sealIfOlderThan(ageMs: number, now = Date.now()): Promise<void> {
+    return this.serially(async () => {
+      if (this.active && this.active.info.entryCount > 0 && now - this.active.info.createdMs >= ageMs) await this.sealActive();
+    });
+  }
+
+  /** Segments that no longer take appends, in order. */
+  sealedSegments(): SegmentInfo[] {
+    return this.active ? this.segments.slice(0, -1) : this.segments.slice();
+  }
+
+  /** Locates the segment holding entry `index`. */
+  segmentOf(index: number): SegmentInfo | undefined {
+    let low = 0;
+    let high = this.segments.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >> 1;
+      const segment = this.segments[middle] as SegmentInfo;
+      if (index < segment.firstIndex) high = middle - 1;
+      else if (index >= segment.firstIndex + segment.entryCount) low = middle + 1;
+      else return segment;
+    }
+    return undefined;
+  }
+
+  /** A signed checkpoint for the current size; signs and persists a new one only when the tree grew. */
+  checkpoint(): Promise<string> {
+    const next = this.checkpointChain.then(async () => {
+      const treeSize = this.tree.size;
+      if (this.latest && this.latest.treeSize === treeSize) return this.latest.note;
+      const note = this.sign(treeSize);
+      const history = await open(join(this.dir, CHECKPOINT_HISTORY), 'a');
+      try {
+        await history.write(`${JSON.stringify(note)}\n`);
+        await history.datasync();
+      } finally {
+        await history.close();
+      }
+      this.latest = { note, treeSize };
+      return note;
+    });
+    this.checkpointChain = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Signs (without persisting) the checkpoint for any size up to the current one. */
+  sign(treeSize: number): string {
+    return signCheckpoint({ origin: this.options.origin, treeSize, rootHash: this.tree.root(treeSize) }, this.options.signer);
+  }
+
+  get checkpointedSize(): number {
+    return this.latest?.treeSize ?? 0;
+  }
+
+  async saveArchiveState(state: ArchiveState): Promise<void> {
+    await writeFileDurably(join(this.dir, ARCHIVE_STATE), JSON.stringify(state));
+    this.archiveState = state;
+  }
+
+  close(): Promise<void> {
+    return this.serially(async () => {
+      await this.flush();
+      await this.sealActive();
+    });
+  }
+}

@@ -1,0 +1,194 @@
+import { open } from 'node:fs/promises';
+import { crc32 } from 'node:zlib';
+
+/**
+ * Segment file format (one file per run of entries of one organization, named by its first entry index):
+ *   header  24 bytes: "CUSTOSL1" ‖ first index (u64 BE) ‖ creation time in ms (u64 BE)
+ *   record  16 bytes: payload length (u32 BE) ‖ CRC-32 of (index ‖ payload) (u32 BE) ‖ index (u64 BE), then the
+ *           payload: the entry's canonical JSON bytes, exactly what the Merkle leaf hashes.
+ * The index and checksum let recovery find a torn tail and let verify name the exact record that was deleted,
+ * reordered or damaged; the Merkle root catches whatever rewrites them consistently.
+ */
+export const SEGMENT_MAGIC = Buffer.from('CUSTOSL1', 'latin1');
+export const SEGMENT_HEADER_BYTES = 24;
+export const RECORD_HEADER_BYTES = 16;
+export const MAX_RECORD_BYTES = 16 * 1024 * 1024;
+const SEGMENT_NAME = /^(\d{20})\.seg$/;
+const TWO_32 = 2 ** 32;
+
+export function segmentFileName(firstIndex: number): string {
+  return `${String(firstIndex).padStart(20, '0')}.seg`;
+}
+
+export function segmentFirstIndex(name: string): number | undefined {
+  const match = SEGMENT_NAME.exec(name);
+  return match ? Number(match[1]) : undefined;
+}
+
+export interface SegmentHeader {
+  firstIndex: number;
+  createdMs: number;
+}
+
+function writeU64(buffer: Buffer, value: number, offset: number): void {
+  buffer.writeUInt32BE(Math.floor(value / TWO_32), offset);
+  buffer.writeUInt32BE(value % TWO_32, offset + 4);
+}
+
+function readU64(buffer: Buffer, offset: number): number {
+  return buffer.readUInt32BE(offset) * TWO_32 + buffer.readUInt32BE(offset + 4);
+}
+
+export function encodeSegmentHeader(header: SegmentHeader): Buffer {
+  const buffer = Buffer.alloc(SEGMENT_HEADER_BYTES);
+  SEGMENT_MAGIC.copy(buffer, 0);
+  writeU64(buffer, header.firstIndex, 8);
+  writeU64(buffer, header.createdMs, 16);
+  return buffer;
+}
+
+export function decodeSegmentHeader(buffer: Buffer): SegmentHeader | undefined {
+  if (buffer.length < SEGMENT_HEADER_BYTES || !buffer.subarray(0, 8).equals(SEGMENT_MAGIC)) return undefined;
+  return { firstIndex: readU64(buffer, 8), createdMs: readU64(buffer, 16) };
+}
+
+/** One contiguous buffer holding the records for `payloads`, numbered from `firstIndex`. */
+export function encodeRecords(firstIndex: number, payloads: readonly Uint8Array[]): Buffer {
+  let total = 0;
+  for (const payload of payloads) total += RECORD_HEADER_BYTES + payload.length;
+  const buffer = Buffer.allocUnsafe(total);
+  let offset = 0;
+  for (let i = 0; i < payloads.length; i++) {
+    const payload = payloads[i] as Uint8Array;
+    buffer.writeUInt32BE(payload.length, offset);
+    writeU64(buffer, firstIndex + i, offset + 8);
+    buffer.set(payload, offset + RECORD_HEADER_BYTES);
+    buffer.writeUInt32BE(crc32(buffer.subarray(offset + 8, offset + RECORD_HEADER_BYTES + payload.length)), offset + 4);
+    offset += RECORD_HEADER_BYTES + payload.length;
+  }
+  return buffer;
+}
+
+export interface RecordProblem {
+  code: 'BAD_RECORD' | 'SEQUENCE_GAP';
+  /** Byte offset of the record in its segment file. */
+  offset: number;
+  /** The index the record should have had. */
+  index: number;
+  reason: string;
+  /** The file ends inside this record: the shape a crash leaves behind. */
+  incomplete: boolean;
+}
+
+export type RecordVisitor = (index: number, payload: Buffer) => void;
+
+export interface SegmentScan {
+  header?: SegmentHeader;
+  /** Bytes up to the end of the last good record. */
+  validLength: number;
+  fileLength: number;
+  nextIndex: number;
+  problem?: RecordProblem;
+}
+
+interface ChunkScan {
+  /** Offset in the chunk after the last complete good record. */
+  consumed: number;
+  nextIndex: number;
+  problem?: RecordProblem;
+}
+
+/**
+ * Walks the records in `chunk[0, filled)`, whose first byte is at file offset `base`. A record cut by the chunk's
+ * end is left for the next chunk unless `final`, when it is a torn record.
+ */
+function scanChunk(chunk: Buffer, filled: number, base: number, firstIndex: number, final: boolean, visit: RecordVisitor): ChunkScan {
+  let offset = 0;
+  let nextIndex = firstIndex;
+  const problemAt = (code: RecordProblem['code'], reason: string, incomplete: boolean): ChunkScan => ({
+    consumed: offset, nextIndex, problem: { code, offset: base + offset, index: nextIndex, reason, incomplete },
+  });
+  while (offset < filled) {
+    const remaining = filled - offset;
+    if (remaining < RECORD_HEADER_BYTES) {
+      return final ? problemAt('BAD_RECORD', `data ends inside a record header (${remaining} bytes)`, true) : { consumed: offset, nextIndex };
+    }
+    const length = chunk.readUInt32BE(offset);
+    if (length > MAX_RECORD_BYTES) return problemAt('BAD_RECORD', `record length ${length} exceeds ${MAX_RECORD_BYTES}`, final);
+    const end = offset + RECORD_HEADER_BYTES + length;
+    if (end > filled) {
+      return final ? problemAt('BAD_RECORD', `data ends inside a record (${remaining} of ${RECORD_HEADER_BYTES + length} bytes)`, true) : { consumed: offset, nextIndex };
+    }
+    if (crc32(chunk.subarray(offset + 8, end)) !== chunk.readUInt32BE(offset + 4)) {
+      return problemAt('BAD_RECORD', 'record checksum mismatch', final && end === filled);
+    }
+    const index = readU64(chunk, offset + 8);
+    if (index !== nextIndex) return problemAt('SEQUENCE_GAP', `record holds entry ${index} where entry ${nextIndex} belongs`, false);
+    visit(index, chunk.subarray(offset + RECORD_HEADER_BYTES, end));
+    nextIndex++;
+    offset = end;
+  }
+  return { consumed: offset, nextIndex };
+}
+
+function headerProblem(header: SegmentHeader | undefined, bytes: Buffer, expectedFirstIndex: number): RecordProblem | undefined {
+  if (header === undefined) {
+    const incomplete = bytes.length < SEGMENT_HEADER_BYTES && SEGMENT_MAGIC.subarray(0, bytes.length).equals(bytes);
+    return { code: 'BAD_RECORD', offset: 0, index: expectedFirstIndex, reason: 'segment header is missing or damaged', incomplete };
+  }
+  if (header.firstIndex !== expectedFirstIndex) {
+    return { code: 'SEQUENCE_GAP', offset: 0, index: expectedFirstIndex, reason: `segment starts at entry ${header.firstIndex}, expected ${expectedFirstIndex}`, incomplete: false };
+  }
+  return undefined;
+}
+
+/** Scans a whole segment held in memory (an archived object). */
+export function scanSegmentBytes(bytes: Buffer, expectedFirstIndex: number, visit: RecordVisitor): { nextIndex: number; problem?: RecordProblem } {
+  const header = decodeSegmentHeader(bytes.subarray(0, SEGMENT_HEADER_BYTES));
+  const problem = headerProblem(header, bytes.subarray(0, SEGMENT_HEADER_BYTES), expectedFirstIndex);
+  if (problem) return { nextIndex: expectedFirstIndex, problem };
+  const body = bytes.subarray(SEGMENT_HEADER_BYTES);
+  const scan = scanChunk(body, body.length, SEGMENT_HEADER_BYTES, expectedFirstIndex, true, visit);
+  return scan.problem ? { nextIndex: scan.nextIndex, problem: scan.problem } : { nextIndex: scan.nextIndex };
+}
+
+/**
+ * Reads a segment file in large chunks and calls `visit` for every good record in order (the payload view is
+ * only valid during the call). Stops at the first record that is torn, damaged or out of sequence.
+ */
+export async function scanSegment(path: string, expectedFirstIndex: number, visit: RecordVisitor, chunkBytes = 8 * 1024 * 1024): Promise<SegmentScan> {
+  const file = await open(path, 'r');
+  try {
+    const fileLength = (await file.stat()).size;
+    const headerBytes = Buffer.alloc(SEGMENT_HEADER_BYTES);
+    const { bytesRead } = await file.read(headerBytes, 0, SEGMENT_HEADER_BYTES, 0);
+    const header = decodeSegmentHeader(headerBytes.subarray(0, bytesRead));
+    const problem = headerProblem(header, headerBytes.subarray(0, bytesRead), expectedFirstIndex);
+    if (problem || header === undefined) return { validLength: 0, fileLength, nextIndex: expectedFirstIndex, ...(header ? { header } : {}), ...(problem ? { problem } : {}) };
+    let chunk = Buffer.allocUnsafe(chunkBytes);
+    let filled = 0; // bytes of `chunk` holding file data that starts at file offset `base`
+    let base = SEGMENT_HEADER_BYTES;
+    let nextIndex = expectedFirstIndex;
+    while (true) {
+      if (filled === chunk.length) {
+        // one record larger than the chunk: grow it
+        const bigger = Buffer.allocUnsafe(chunk.length * 2);
+        chunk.copy(bigger, 0, 0, filled);
+        chunk = bigger;
+      }
+      const position = base + filled;
+      const read = position < fileLength ? (await file.read(chunk, filled, chunk.length - filled, position)).bytesRead : 0;
+      filled += read;
+      const final = base + filled >= fileLength || read === 0;
+      const scan = scanChunk(chunk, filled, base, nextIndex, final, visit);
+      nextIndex = scan.nextIndex;
+      if (scan.problem) return { header, validLength: scan.problem.offset, fileLength, nextIndex, problem: scan.problem };
+      if (final) return { header, validLength: base + scan.consumed, fileLength, nextIndex };
+      chunk.copy(chunk, 0, scan.consumed, filled);
+      base += scan.consumed;
+      filled -= scan.consumed;
+    }
+  } finally {
+    await file.close();
+  }
+}
