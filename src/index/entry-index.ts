@@ -1,0 +1,213 @@
+import {
+  BOOLEAN, DuckDBConnection, DuckDBInstance, DuckDBScalarFunction, DuckDBTimestampValue, VARCHAR,
+} from '@duckdb/node-api';
+import type { LogEntry } from '../model/index.ts';
+import { epochMicros, parseTimestamp } from '../model/index.ts';
+import {
+  canonicalForm, compileSql, indexedColumns, ipInNet, IP_IN_NET_FUNCTION, parseFilter, QueryError,
+} from '../query/index.ts';
+import { componentLogger } from '../telemetry/index.ts';
+import { decodePageToken, encodePageToken, queryDigest } from './page-token.ts';
+
+const log = componentLogger('index');
+
+export const DEFAULT_PAGE_SIZE = 50;
+export const MAX_PAGE_SIZE = 1000;
+
+export interface ListRequest {
+  organization: string;
+  filter?: string;
+  orderBy?: 'timestamp desc' | 'timestamp asc';
+  pageSize?: number;
+  pageToken?: string;
+  /** Only entries whose logName starts with one of these (compared without case, like logName =). */
+  logNamePrefixes?: string[];
+  /** Only entries at or after this RFC 3339 time (`--freshness`). */
+  since?: string;
+}
+
+export interface ListResponse {
+  entries: LogEntry[];
+  nextPageToken?: string;
+}
+
+/**
+ * The index table. One row per ledger entry; `entry` is the stored entry as JSON, the other columns are derived
+ * from it (see `indexedColumns` in src/query/sql.ts) so filters compile to scans of narrow columns: `ts` first
+ * among the filters, because rows arrive in ledger (≈ time) order and DuckDB's per-row-group min/max (zone maps)
+ * then skip everything outside a time range.
+ */
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS entries (
+  org VARCHAR NOT NULL,
+  idx BIGINT NOT NULL,
+  ts TIMESTAMP,
+  receive_ts TIMESTAMP,
+  severity_rank TINYINT,
+  log_name VARCHAR NOT NULL,
+  resource_type VARCHAR NOT NULL,
+  insert_id VARCHAR NOT NULL,
+  entry VARCHAR NOT NULL,
+  fields VARCHAR NOT NULL,
+  fields_lower VARCHAR NOT NULL
+)`;
+
+/** The DuckDB index: derived from the ledger and rebuildable; holds nothing the ledger does not. */
+export class EntryIndex {
+  /** Next ledger index not yet indexed, per organization (read from the table once, then kept). */
+  private readonly nextIndex = new Map<string, number>();
+  /** Inserts run one at a time, so the idempotence check and the append cannot interleave. */
+  private writes: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly instance: DuckDBInstance,
+    private readonly writer: DuckDBConnection,
+    private readonly reader: DuckDBConnection,
+  ) {}
+
+  static async open(path: string): Promise<EntryIndex> {
+    const instance = await DuckDBInstance.create(path);
+    const writer = await instance.connect();
+    await writer.run(SCHEMA);
+    const reader = await instance.connect();
+    reader.registerScalarFunction(DuckDBScalarFunction.create({
+      name: IP_IN_NET_FUNCTION,
+      returnType: BOOLEAN,
+      parameterTypes: [VARCHAR, VARCHAR],
+      mainFunction: (_info, input, output) => {
+        const addresses = input.getColumnVector(0), cidrs = input.getColumnVector(1);
+        for (let i = 0; i < input.rowCount; i++) {
+          output.setItem(i, ipInNet(String(addresses.getItem(i)), String(cidrs.getItem(i))));
+        }
+        output.flush();
+      },
+    }));
+    log.debug({ path }, 'index opened');
+    return new EntryIndex(instance, writer, reader);
+  }
+
+  /** Appends entries of one organization; rows whose ledger index is already indexed are skipped. */
+  insert(org: string, rows: { index: number; entry: LogEntry }[]): Promise<void> {
+    const run = this.writes.then(() => this.append(org, rows));
+    this.writes = run.catch(() => undefined);
+    return run;
+  }
+
+  private async append(org: string, rows: { index: number; entry: LogEntry }[]): Promise<void> {
+    let next = await this.readIndexedSize(org);
+    const fresh = rows.filter((r) => r.index >= next).sort((a, b) => a.index - b.index);
+    if (fresh.length === 0) return;
+    const appender = await this.writer.createAppender('entries');
+    try {
+      let last = -1;
+      for (const { index, entry } of fresh) {
+        if (index === last) continue;
+        last = index;
+        const c = indexedColumns(entry);
+        appender.appendVarchar(org);
+        appender.appendBigInt(BigInt(index));
+        appendTimestamp(appender, c.tsMicros);
+        appendTimestamp(appender, c.receiveTsMicros);
+        if (c.severityRank === null) appender.appendNull();
+        else appender.appendTinyInt(c.severityRank);
+        appender.appendVarchar(c.logName);
+        appender.appendVarchar(c.resourceType);
+        appender.appendVarchar(String(entry.insertId ?? ''));
+        appender.appendVarchar(JSON.stringify(entry));
+        appender.appendVarchar(c.fields);
+        appender.appendVarchar(c.fieldsLower);
+        appender.endRow();
+        next = Math.max(next, index + 1);
+      }
+      appender.flushSync();
+    } finally {
+      appender.closeSync();
+    }
+    this.nextIndex.set(org, next);
+  }
+
+  /** The next ledger index not yet indexed for `org`: where catch-up from the ledger starts after a crash. */
+  async indexedSize(org: string): Promise<number> {
+    await this.writes;
+    return this.readIndexedSize(org);
+  }
+
+  private async readIndexedSize(org: string): Promise<number> {
+    const known = this.nextIndex.get(org);
+    if (known !== undefined) return known;
+    const reader = await this.writer.runAndReadAll('SELECT max(idx) AS m FROM entries WHERE org = $1', [org]);
+    const max = reader.getRowObjectsJS()[0]?.['m'];
+    const next = max === null || max === undefined ? 0 : Number(max) + 1;
+    this.nextIndex.set(org, next);
+    return next;
+  }
+
+  async list(request: ListRequest): Promise<ListResponse> {
+    const order = request.orderBy === 'timestamp asc' ? 'asc' : 'desc';
+    const pageSize = clampPageSize(request.pageSize);
+    const filter = parseFilter(request.filter ?? '');
+    const prefixes = (request.logNamePrefixes ?? []).map((p) => p.toLowerCase());
+    const since = request.since === undefined ? undefined : sinceMicros(request.since);
+    const digest = queryDigest([canonicalForm(filter), prefixes, since ?? null]);
+    const compiled = compileSql(filter);
+    const params: unknown[] = [...compiled.params];
+    const bind = (value: unknown): string => `$${params.push(value)}`;
+    const where = [`org = ${bind(request.organization)}`, compiled.sql];
+    if (since !== undefined) where.push(`ts >= make_timestamp(${bind(since)}::BIGINT)`);
+    if (prefixes.length > 0) where.push(`(${prefixes.map((p) => `starts_with(log_name, ${bind(p)})`).join(' OR ')})`);
+    if (request.pageToken) {
+      const cursor = decodePageToken(request.pageToken, { organization: request.organization, order, query: digest });
+      const cmp = order === 'desc' ? '<' : '>';
+      const at = `make_timestamp(${bind(cursor.tsMicros)}::BIGINT)`;
+      where.push(`(ts ${cmp} ${at} OR (ts = ${at} AND idx ${cmp} ${bind(cursor.index)}))`);
+    }
+    const sql = `SELECT entry, epoch_us(ts) AS t, idx FROM entries WHERE ${where.join(' AND ')}
+      ORDER BY ts ${order}, idx ${order} LIMIT ${pageSize + 1}`;
+    const reader = await this.reader.runAndReadAll(sql, params as never);
+    const rows = reader.getRowsJS() as [string, bigint | number, bigint | number][];
+    const page = rows.slice(0, pageSize);
+    const response: ListResponse = { entries: page.map(([json]) => JSON.parse(json) as LogEntry) };
+    const last = page[page.length - 1];
+    if (rows.length > pageSize && last) {
+      response.nextPageToken = encodePageToken({
+        organization: request.organization, order, tsMicros: Number(last[1]), index: Number(last[2]), query: digest,
+      });
+    }
+    return response;
+  }
+
+  /** Empties the index (one organization, or all) for `custos reindex`. */
+  async clear(org?: string): Promise<void> {
+    await this.writes;
+    if (org === undefined) {
+      await this.writer.run('DELETE FROM entries');
+      this.nextIndex.clear();
+    } else {
+      await this.writer.run('DELETE FROM entries WHERE org = $1', [org]);
+      this.nextIndex.delete(org);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.writes;
+    this.reader.closeSync();
+    this.writer.closeSync();
+    this.instance.closeSync();
+  }
+}
+
+function appendTimestamp(appender: { appendTimestamp(v: DuckDBTimestampValue): void; appendNull(): void }, micros: number | null): void {
+  if (micros === null) appender.appendNull();
+  else appender.appendTimestamp(new DuckDBTimestampValue(BigInt(micros)));
+}
+
+function clampPageSize(size: number | undefined): number {
+  if (size === undefined || !Number.isFinite(size) || size <= 0) return DEFAULT_PAGE_SIZE;
+  return Math.min(MAX_PAGE_SIZE, Math.floor(size));
+}
+
+function sinceMicros(text: string): number {
+  const parsed = parseTimestamp(text);
+  if (!parsed) throw new QueryError('BAD_TIMESTAMP', `since: expected an RFC 3339 timestamp, got ${JSON.stringify(text)}`);
+  return epochMicros(parsed);
+}
