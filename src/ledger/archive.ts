@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { canonicalJson } from './canonical.ts';
 import { LedgerError } from './errors.ts';
 import { writeFileDurably } from './fsutil.ts';
+import { ledgerMetrics } from './metrics.ts';
 import type { NoteVerifier } from './note.ts';
 import { verifierKeyString } from './note.ts';
 import type { OrgLog, SegmentInfo } from './org-log.ts';
@@ -110,6 +111,7 @@ export async function archiveSealedSegments(log: OrgLog, target: ArchiveTarget, 
     if (segment.firstIndex < log.archiveState.archivedThrough || segment.entryCount === 0) continue;
     await archiveSegment(log, segment, target, verifier);
     archived++;
+    ledgerMetrics.archivedSegments.inc();
     logger.info({ org: log.org, segment: segment.name, entries: segment.entryCount, target: target.describe() }, 'segment archived');
   }
   return archived;

@@ -34,11 +34,9 @@ export function verifierKeyString(verifier: NoteVerifier): string {
 }
 
 export function parseVerifierKey(text: string): NoteVerifier {
-  const parts = text.trim().split('+');
-  const [name, idHex, keyB64] = parts;
-  if (parts.length !== 3 || name === undefined || idHex === undefined || keyB64 === undefined || !/^[0-9a-f]{8}$/.test(idHex)) {
-    throw new LedgerError('BAD_CHECKPOINT', 'verifier key must look like <name>+<8 hex digits>+<base64 key>');
-  }
+  const match = /^([^\s+]+)\+([0-9a-f]{8})\+([A-Za-z0-9+/]+=*)$/.exec(text.trim());
+  if (!match) throw new LedgerError('BAD_CHECKPOINT', 'verifier key must look like <name>+<8 hex digits>+<base64 key>');
+  const [, name, idHex, keyB64] = match as unknown as [string, string, string, string];
   const key = Buffer.from(keyB64, 'base64');
   if (key.length !== 33 || key[0] !== ED25519_TYPE) throw new LedgerError('BAD_CHECKPOINT', 'verifier key is not an Ed25519 (type 0x01) key');
   const publicKey = key.subarray(1);

@@ -5,6 +5,7 @@ import { openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts
 import { LedgerError } from './errors.ts';
 import { syncDirectory, writeFileDurably } from './fsutil.ts';
 import { leafHash, MerkleTree } from './merkle.ts';
+import { ledgerMetrics } from './metrics.ts';
 import type { NoteSigner } from './note.ts';
 import { encodeRecords, encodeSegmentHeader, scanSegment, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
 
@@ -195,6 +196,7 @@ export class OrgLog {
     const firstIndex = this.tree.size;
     const records = encodeRecords(firstIndex, payloads);
     let segment: { info: SegmentInfo; file: FileHandle } | undefined;
+    const stopTimer = ledgerMetrics.commitSeconds.startTimer();
     try {
       segment = await this.segmentFor(records.length);
       if (this.needsTruncate) {
@@ -212,11 +214,15 @@ export class OrgLog {
         this.needsTruncate = true;
         await segment.file.truncate(segment.info.length).then(() => { this.needsTruncate = false; }, () => undefined);
       }
+      ledgerMetrics.commitErrors.inc();
       const error = new LedgerError('IO_ERROR', `${this.org}: could not make ${payloads.length} entries durable: ${(err as Error).message}`, { org: this.org, cause: err });
       this.options.logger.error({ org: this.org, err }, 'append failed; nothing of the batch was acknowledged');
       for (const item of batch) item.reject(error);
       return;
     }
+    stopTimer();
+    ledgerMetrics.commits.inc();
+    ledgerMetrics.entries.inc(payloads.length);
     segment.info.length += records.length;
     segment.info.entryCount += payloads.length;
     let index = firstIndex;
@@ -301,6 +307,7 @@ export class OrgLog {
         await history.close();
       }
       this.latest = { note, treeSize };
+      ledgerMetrics.checkpoints.inc();
       return note;
     });
     this.checkpointChain = next.catch(() => undefined);
