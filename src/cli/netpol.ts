@@ -7,8 +7,8 @@ import { serveMetrics } from '../telemetry/index.ts';
 import { createProgress } from './progress.ts';
 
 interface NetpolFlags {
-  manifests: string[];
-  flows: string;
+  manifests?: string[];
+  flows?: string;
   format: string;
   node?: string;
   logFile?: string;
@@ -23,11 +23,16 @@ interface NetpolFlags {
 }
 
 export function register(program: Command): void {
+  // `netpol explain --manifests …` has its own --manifests: options must belong to the command they follow, or netpol
+  // would take explain's. The root program has no options of its own, so this changes nothing for other commands.
+  program.enablePositionalOptions();
   const netpol = program
     .command('netpol')
     .description('Kubernetes NetworkPolicy verdicts for connections, written as GKE policy-action records')
-    .requiredOption('--manifests <paths...>', 'Kubernetes manifests (YAML/JSON files or folders): Namespaces, Nodes, Pods, NetworkPolicies, NetworkLogging')
-    .requiredOption('--flows <file>', 'connection attempts, NDJSON (`-` for stdin)')
+    .enablePositionalOptions()
+    // Checked in the action: commander would also demand a parent's required options of `netpol explain`.
+    .option('--manifests <paths...>', 'Kubernetes manifests (YAML/JSON files or folders): Namespaces, Nodes, Pods, NetworkPolicies, NetworkLogging (required)')
+    .option('--flows <file>', 'connection attempts, NDJSON (`-` for stdin) (required)')
     .option('--format <format>', 'flow format: tuple | hubble (`hubble observe -o json`)', 'tuple')
     .option('--node <name>', 'log only verdicts enforced on this node (default: every node)')
     .option('--log-file <path>', 'write records here, rotated (a folder means FOLDER/policy_action.log); `-` for stdout')
@@ -40,6 +45,7 @@ export function register(program: Command): void {
     .option('--metrics-listen <host:port>', 'serve /metrics (policy_logging_*) here')
     .option('--no-watch', 'do not reload the manifests when they change')
     .action(async (flags: NetpolFlags) => {
+      if (!flags.manifests?.length || !flags.flows) throw new Error('netpol needs --manifests PATH… and --flows FILE|- (see custos netpol --help)');
       if (flags.format !== 'tuple' && flags.format !== 'hubble') throw new Error(`--format must be tuple or hubble, not "${flags.format}"`);
       const settings = flags.config ? parseSettings(readFileSync(flags.config, 'utf8'), flags.config) : undefined;
       const logFile = flags.logFile ?? (flags.server ? undefined : '-');
@@ -67,7 +73,8 @@ export function register(program: Command): void {
   netpol
     .command('explain')
     .description('why a connection is allowed or denied: the policies selecting each side and the rule that matched, or why none did')
-    .requiredOption('--manifests <paths...>', 'Kubernetes manifests (YAML/JSON files or folders)')
+    // Not variadic here: a variadic option would swallow SRC and DEST. Repeat it, or give a folder.
+    .requiredOption('--manifests <path>', 'Kubernetes manifests (a YAML/JSON file or folder; repeat for more)', (path: string, previous: string[] = []) => [...previous, path])
     .option('--format <format>', 'text | json', 'text')
     .argument('<src>', 'source: IP address or namespace/pod')
     .argument('<dest>', 'destination and port: IP:PORT/PROTO, namespace/pod:PORT/PROTO ([v6]:PORT/PROTO; DEST/icmp); PORT may be a port name')

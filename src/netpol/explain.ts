@@ -13,6 +13,8 @@ import { DEFAULT_SETTINGS } from './settings.ts';
 export interface DirectionExplanation {
   direction: Direction;
   enforcedAt: string;
+  /** False for ingress after an egress deny: the connection never got there. */
+  reached: boolean;
   isolated: boolean;
   allowed: boolean;
   allowedBy: string[];
@@ -75,13 +77,14 @@ export function explainConnection(cluster: Cluster, conn: Connection, at = new D
       directions.push({
         direction: d.direction,
         enforcedAt: `${d.enforcedPod.namespace}/${d.enforcedPod.name} on node ${d.enforcedPod.nodeName || '(unscheduled)'}`,
+        reached: true,
         isolated: d.isolated,
         allowed: d.allowed,
         allowedBy: d.allowing.map((p) => `${p.namespace}/${p.name}`),
         reasons: d.reasons ?? [],
       });
   if (verdict.egress && !verdict.egress.allowed && verdict.dest.kind === 'pod')
-    directions.push({ direction: 'ingress', enforcedAt: `${verdict.dest.pod.namespace}/${verdict.dest.pod.name}`, isolated: false, allowed: false, allowedBy: [], reasons: ['not reached: the connection was denied on egress'] });
+    directions.push({ direction: 'ingress', enforcedAt: `${verdict.dest.pod.namespace}/${verdict.dest.pod.name} on node ${verdict.dest.pod.nodeName || '(unscheduled)'}`, reached: false, isolated: false, allowed: false, allowedBy: [], reasons: ['not reached: the connection was denied on egress'] });
   const records: PolicyActionRecord[] = [];
   const recorder = new PolicyActionRecorder(cluster, { settings: { ...DEFAULT_SETTINGS, rateLimitPerSecond: 0 }, emit: (r) => records.push(r) });
   const t = at.getTime() / 1000;
@@ -97,7 +100,7 @@ export function renderExplanation(e: Explanation): string {
   const lines = [`connection: ${e.connection}`];
   if (e.note) lines.push(`  ${e.note}`);
   for (const d of e.directions) {
-    lines.push(`${d.direction} (enforced at ${d.enforcedAt}): ${d.allowed ? 'ALLOWED' : 'DENIED'}${d.allowedBy.length ? ` by ${d.allowedBy.join(', ')}` : ''}`);
+    lines.push(`${d.direction} (enforced at ${d.enforcedAt}): ${!d.reached ? 'NOT REACHED' : d.allowed ? 'ALLOWED' : 'DENIED'}${d.allowedBy.length ? ` by ${d.allowedBy.join(', ')}` : ''}`);
     for (const r of d.reasons) lines.push(`  - ${r}`);
   }
   lines.push(`verdict: ${e.allowed ? 'ALLOWED' : 'DENIED'}`);

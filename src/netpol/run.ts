@@ -136,6 +136,10 @@ export async function runNetpol(options: NetpolRunOptions): Promise<NetpolRunSum
       }
       options.onProgress?.(summary.lines);
       await output?.flush();
+      if (output?.failure) {
+        log.warn({ err: output.failure }, 'the record output closed; stopping');
+        break;
+      }
       if (batching && unflushedEntries >= 10_000) {
         unflushedEntries = 0;
         await batching.flush();

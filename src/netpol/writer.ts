@@ -7,6 +7,8 @@ import type { Writable } from 'node:stream';
  * (seed 002: a new numbered file at 10 MB, five previous files kept), or a stream such as stdout.
  */
 export interface RecordOutput {
+  /** Set when the output can take no more (a closed pipe): the run stops reading flows. */
+  readonly failure?: Error;
   write(line: string): void;
   /** Resolves when the buffered lines were handed to the OS (and a stream drained). */
   flush(): Promise<void>;
@@ -88,22 +90,33 @@ export class StreamWriter implements RecordOutput {
   private pending: string[] = [];
   private pendingChars = 0;
   private backlog: Promise<void> | undefined;
+  failure?: Error;
 
-  constructor(private readonly stream: Writable) {}
+  constructor(private readonly stream: Writable) {
+    // A reader that goes away (`| head`) ends the run quietly instead of crashing it.
+    stream.on('error', (err) => {
+      this.failure = err;
+      this.pending = [];
+    });
+  }
 
   write(line: string): void {
+    if (this.failure) return;
     this.pending.push(line);
     this.pendingChars += line.length + 1;
     if (this.pendingChars >= BUFFER_BYTES) this.push();
   }
 
   private push(): void {
-    if (this.pending.length === 0) return;
+    if (this.pending.length === 0 || this.failure) return;
     const chunk = this.pending.join('\n') + '\n';
     this.pending = [];
     this.pendingChars = 0;
     if (!this.stream.write(chunk) && !this.backlog)
-      this.backlog = new Promise<void>((resolve) => this.stream.once('drain', resolve)).finally(() => (this.backlog = undefined));
+      this.backlog = new Promise<void>((resolve) => {
+        this.stream.once('drain', resolve);
+        this.stream.once('error', resolve);
+      }).finally(() => (this.backlog = undefined));
   }
 
   async flush(): Promise<void> {
