@@ -8,10 +8,11 @@ import { register as reindex } from './reindex.ts';
 import { register as serve } from './serve.ts';
 import { register as tail } from './tail.ts';
 import { register as token } from './token.ts';
+import { register as verify } from './verify.ts';
 
 // One line per command; each file registers its own command and options.
 const commands: ((program: Command) => void)[] = [
-  serve, ingest, read, tail, reindex, token, egress, netpol,
+  serve, ingest, read, tail, reindex, token, egress, netpol, verify,
 ];
 
 const program = new Command('custos')
