@@ -190,7 +190,8 @@ class SqlCompiler {
     }
     if (value.number !== undefined && !column) {
       if (op === '=' || op === ':') parts.push(`contains(${fields}, ${line('n', String(value.number))})`);
-      else parts.push(this.anyValue(fields, path, 'n', (x) => `CAST(${x} AS DOUBLE) ${sqlOp(op)} ${p(value.number)}::DOUBLE`));
+      // The number travels as its round-trip text: a JS number parameter may be bound as an integer type.
+      else parts.push(this.anyValue(fields, path, 'n', (x) => `CAST(${x} AS DOUBLE) ${sqlOp(op)} CAST(${p(String(value.number))} AS DOUBLE)`));
     }
     if (value.boolean !== undefined && !column) {
       if (op === '=' || op === ':') parts.push(`contains(${fields}, ${line('b', String(value.boolean))})`);
