@@ -1,43 +1,24 @@
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import type { PolicyActionRecord } from '../model/index.ts';
+import { clusterWith, IP, policyYaml as policy, record } from '../../test/netpol/helpers.ts';
 import { evaluate } from './evaluate.ts';
-import { buildCluster, parseManifestText } from './manifests.ts';
 import { PolicyActionRecorder } from './recorder.ts';
 import { DEFAULT_SETTINGS } from './settings.ts';
 import type { Protocol } from './model.ts';
 
-const BASE = readFileSync(new URL('../../test/fixtures/netpol/cluster.yaml', import.meta.url), 'utf8');
-const WEB = '10.8.0.10', DB = '10.8.0.11', CACHE = '10.8.1.12', CLIENT = '10.8.1.20', TOOL = '10.8.1.21';
-const NODE1 = '10.128.0.2', NODE1_GATEWAY = '10.8.0.1', NODE2 = '10.128.0.3';
-
-function clusterWith(policies: string, base = BASE) {
-  const warnings: string[] = [];
-  const load = buildCluster(parseManifestText(`${base}\n---\n${policies}`, 'test', warnings), undefined, warnings);
-  return { ...load, warnings };
-}
-
-function policy(name: string, namespace: string, spec: string, annotations = ''): string {
-  return `apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: ${name}, namespace: ${namespace}${annotations ? `, annotations: {${annotations}}` : ''}}\nspec:\n${spec
-    .trim()
-    .split('\n')
-    .map((l) => `  ${l}`)
-    .join('\n')}\n---\n`;
-}
+const { web: WEB, db: DB, cache: CACHE, client: CLIENT, tool: TOOL, node1: NODE1, node2: NODE2 } = IP;
+const NODE1_GATEWAY = '10.8.0.1';
 
 /** Records as `direction disposition [policies]`, the way the rows read. */
 function recordsFor(policies: string, src: string, dest: string, port: number | undefined, protocol: Protocol): { allowed: boolean; records: string[] } {
   const { cluster, warnings } = clusterWith(policies);
   assert.deepEqual(warnings.filter((w) => w.includes('invalid')), []);
+  const { records, allowed } = record(cluster, [[0, src, dest, 40000, port, protocol]]);
   const conn = protocol === 'icmp' ? { srcIp: src, destIp: dest, protocol } : { srcIp: src, destIp: dest, srcPort: 40000, destPort: port, protocol };
-  const records: PolicyActionRecord[] = [];
-  const recorder = new PolicyActionRecorder(cluster, { settings: DEFAULT_SETTINGS, emit: (r) => records.push(r) });
-  const verdict = recorder.onFlow({ line: 1, timestamp: '2024-01-01T00:00:00Z', t: 1704067200, conn })!;
-  recorder.finish();
-  assert.equal(verdict.allowed, evaluate(cluster, conn).allowed);
+  assert.equal(allowed[0], evaluate(cluster, conn).allowed);
   return {
-    allowed: verdict.allowed,
+    allowed: allowed[0]!,
     records: records.map((r) => `${r.connection.direction} ${r.disposition}${r.policies ? ` ${r.policies.map((p) => (p.namespace ? `${p.namespace}/${p.name}` : `"${p.name}"`)).sort().join(',')}` : ''}`),
   };
 }
@@ -113,7 +94,7 @@ describe('records', () => {
     const { cluster } = clusterWith(policy('allow-green', 'prod', 'podSelector: {}\ningress: [{}]'));
     const records: PolicyActionRecord[] = [];
     const recorder = new PolicyActionRecorder(cluster, { settings: DEFAULT_SETTINGS, emit: (r) => records.push(r) });
-    recorder.onFlow({ line: 1, timestamp: '2020-06-16T03:10:37.993712906Z', t: 1592277037.993712906, conn: { srcIp: CLIENT, destIp: WEB, srcPort: 52648, destPort: 8080, protocol: 'tcp' } });
+    recorder.onFlow({ line: 1, timestamp: '2020-06-16T03:10:37.993712906Z', t: 1592277037.993, conn: { srcIp: CLIENT, destIp: WEB, srcPort: 52648, destPort: 8080, protocol: 'tcp' } });
     assert.equal(
       JSON.stringify(records[0]),
       '{"connection":{"src_ip":"10.8.1.20","dest_ip":"10.8.0.10","src_port":52648,"dest_port":8080,"protocol":"tcp","direction":"ingress"},"disposition":"allow","policies":[{"name":"allow-green","namespace":"prod"}],' +
