@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { logger } from '../telemetry/index.ts';
+import { register as dataproxy } from './dataproxy.ts';
 import { register as egress } from './egress.ts';
 import { register as ingest } from './ingest.ts';
 import { register as netpol } from './netpol.ts';
@@ -12,7 +13,7 @@ import { register as verify } from './verify.ts';
 
 // One line per command; each file registers its own command and options.
 const commands: ((program: Command) => void)[] = [
-  serve, ingest, read, tail, reindex, token, egress, netpol, verify,
+  serve, ingest, read, tail, reindex, token, egress, netpol, verify, dataproxy,
 ];
 
 const program = new Command('custos')

@@ -1,0 +1,174 @@
+/**
+ * The proxy as a whole: listener, shared state (catalog, policies, rewrite cache, sessions for CancelRequest),
+ * the upstream, and where audit events go. `startDataProxy` is what the CLI and the demo call.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, type Server, type Socket } from 'node:net';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import pg from 'pg';
+import { Counter } from 'prom-client';
+import type { DataProxyAuditEvent } from '../model/index.ts';
+import { componentLogger, registry, splitHostPort } from '../telemetry/index.ts';
+import type { BatchingSink } from '../ingest/sink.ts';
+import { AuditEvents, AuditLog } from './audit.ts';
+import { Catalog, type SqlRunner } from './catalog.ts';
+import type { DataProxyConfig, PolicyConfig } from './config.ts';
+import { maskedRelationSql, type MaskingKeys } from './masking.ts';
+import { PolicySource, protectedTablesOf, resolvePolicies, type Principal, type Resolution, type TablePlan } from './policy.ts';
+import { UnknownRelationError, type RewriteContext } from './rewrite.ts';
+import { Session } from './session.ts';
+import { parseStatements, type Node } from './sql.ts';
+import { EmbeddedUpstream, PostgresUpstream, type Upstream } from './upstream.ts';
+import { createDemoDatabase } from './demo-data.ts';
+
+const log = componentLogger('dataproxy');
+
+const eventsTotal = new Counter({
+  name: 'custos_dataproxy_audit_events_total',
+  help: 'Data proxy audit events emitted, by action and outcome.',
+  labelNames: ['action', 'outcome'] as const,
+  registers: [registry],
+});
+
+/** A bounded map that forgets its oldest entries first. */
+export class BoundedCache<V> {
+  private readonly map = new Map<string, V>();
+  constructor(private readonly max: number) {}
+  get(key: string): V | undefined {
+    return this.map.get(key);
+  }
+  set(key: string, value: V): void {
+    if (this.map.size >= this.max) this.map.delete(this.map.keys().next().value!);
+    this.map.set(key, value);
+  }
+}
+
+export interface ProxyContext {
+  config: DataProxyConfig;
+  upstream: Upstream;
+  catalog: Catalog;
+  policies: PolicySource;
+  events: AuditEvents;
+  sessions: Map<number, Session>;
+  cache: BoundedCache<unknown>;
+  tls: SecureContext | undefined;
+  emit(event: DataProxyAuditEvent, categories: string[]): void;
+  resolve(policies: PolicyConfig[], who: Principal): Resolution;
+  rewriteContext(resolution: Resolution, who: Principal, policyVersion: number): RewriteContext;
+}
+
+export interface DataProxyOptions {
+  config: DataProxyConfig;
+  /** Overrides `config.listen` (`HOST:PORT`; port 0 for an ephemeral one). */
+  listen?: string;
+  /** Overrides `config.upstream`: a postgres:// URL or `embedded`. */
+  upstream?: string | Upstream;
+  /** NDJSON audit events to this file, or `-` for stdout. */
+  logFile?: string;
+  /** LogEntries to the store. */
+  sink?: BatchingSink;
+  /** The Custos project of the LogEntries (`projects/P/logs/data-proxy-audit`). */
+  project: string;
+}
+
+export interface RunningDataProxy {
+  readonly host: string;
+  readonly port: number;
+  readonly upstream: Upstream;
+  stop(): Promise<void>;
+}
+
+function catalogRunner(upstream: Upstream): SqlRunner {
+  if (upstream instanceof EmbeddedUpstream) return async (sql) => (await upstream.db.query<Record<string, unknown>>(sql)).rows;
+  const pgUpstream = upstream as PostgresUpstream;
+  return async (sql) => {
+    const client = new pg.Client({ connectionString: pgUpstream.url, application_name: 'custos-dataproxy-catalog' });
+    await client.connect();
+    try {
+      return (await client.query(sql)).rows as Record<string, unknown>[];
+    } finally {
+      await client.end();
+    }
+  };
+}
+
+export async function startDataProxy(options: DataProxyOptions): Promise<RunningDataProxy> {
+  const { config } = options;
+  const upstreamSpec = options.upstream ?? config.upstream;
+  const upstream: Upstream = typeof upstreamSpec !== 'string'
+    ? upstreamSpec
+    : upstreamSpec === 'embedded' ? new EmbeddedUpstream(await createDemoDatabase()) : new PostgresUpstream(upstreamSpec);
+  const policies = new PolicySource(config.policies, config.policySource);
+  const catalog = new Catalog(catalogRunner(upstream), () => protectedTablesOf(policies.known()));
+  await catalog.load();
+
+  let secret: Buffer;
+  if (config.tokenization) secret = Buffer.from(config.tokenization.secret, 'utf8');
+  else if (process.env['CUSTOS_TOKENIZATION_SECRET']) secret = Buffer.from(process.env['CUSTOS_TOKENIZATION_SECRET'], 'utf8');
+  else {
+    secret = randomBytes(32);
+    log.warn('no tokenization secret configured (tokenization.secret or CUSTOS_TOKENIZATION_SECRET): consistent tokens change on restart');
+  }
+  const keys: MaskingKeys = { secret };
+  const audit = new AuditLog({ logFile: options.logFile, sink: options.sink, project: options.project });
+  const masked = new BoundedCache<Node>(10_000);
+
+  const ctx: ProxyContext = {
+    config,
+    upstream,
+    catalog,
+    policies,
+    events: new AuditEvents(config),
+    sessions: new Map(),
+    cache: new BoundedCache(50_000),
+    tls: config.tlsFiles ? createSecureContext({ cert: config.tlsFiles.cert, key: config.tlsFiles.key }) : undefined,
+    emit(event, categories) {
+      eventsTotal.inc({ action: event.header.event.action, outcome: event.header.status.outcome });
+      audit.emit(event, categories);
+    },
+    resolve: (list, who) => resolvePolicies(list, who, config.rlacFilterBehaviour),
+    rewriteContext(resolution, who, version): RewriteContext {
+      return {
+        catalog,
+        resolution,
+        maskedRelation(plan: TablePlan): Node {
+          const key = `${who.name}\0${version}\0${catalog.generation}\0${plan.key}`;
+          let node = masked.get(key);
+          if (!node) {
+            const columns = catalog.columnsOf(plan.key);
+            if (!columns) throw new UnknownRelationError(plan.key);
+            node = parseStatements(maskedRelationSql(plan, columns, keys, who))[0]!.stmt;
+            masked.set(key, node);
+          }
+          return structuredClone(node);
+        },
+      };
+    },
+  };
+
+  const listen = splitHostPort(options.listen ?? config.listen);
+  const sockets = new Set<Socket>();
+  const server: Server = createServer({ noDelay: true }, (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    new Session(socket, ctx);
+  });
+  // Bounds connections in every phase, authentication included.
+  server.maxConnections = config.limits.maxConnections;
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(listen.port, listen.host, resolve));
+  const address = server.address() as { address: string; port: number };
+  log.info({ listen: `${address.address}:${address.port}`, upstream: upstream.kind }, 'data proxy listening');
+  return {
+    host: address.address,
+    port: address.port,
+    upstream,
+    async stop() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const s of [...ctx.sessions.values()]) s.close();
+      for (const socket of sockets) socket.destroy();
+      await closed;
+      await audit.close();
+      if (upstream instanceof EmbeddedUpstream) await upstream.db.close();
+    },
+  };
+}

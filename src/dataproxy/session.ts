@@ -1,0 +1,382 @@
+/**
+ * One client connection: start-up (SSLRequest, CancelRequest), SCRAM-SHA-256 authentication, then the query
+ * protocols. Simple Query and Parse messages are rewritten (cached by statement text); every other message is
+ * forwarded as bytes, so Bind/Execute/Sync pipelines, COPY and transactions behave exactly as upstream decides.
+ *
+ * A refused statement is not answered locally: the proxy sends upstream a statement that fails at parse analysis
+ * and carries a one-time marker, then swaps the marker's ErrorResponse for its own (SQLSTATE 42501). Upstream
+ * thereby enters its error state itself (transaction aborted, extended-protocol messages discarded until Sync),
+ * so the protocol state the client sees is always the database's own and pipelines never hang.
+ */
+import { randomBytes, randomInt, randomUUID } from 'node:crypto';
+import type { Socket } from 'node:net';
+import { TLSSocket } from 'node:tls';
+import { componentLogger } from '../telemetry/index.ts';
+import { DataProxyError } from './errors.ts';
+import type { ProxyContext } from './proxy.ts';
+import type { Principal, Resolution } from './policy.ts';
+import type { PolicyConfig } from './config.ts';
+import { rewriteQuery, UnknownRelationError, type RewriteResult } from './rewrite.ts';
+import { ScramServerExchange, SCRAM_MECHANISM, createVerifier } from './scram.ts';
+import { FORWARDED_PARAMETERS, type UpstreamSession } from './upstream.ts';
+import {
+  authenticationOk, backendKeyData, BodyReader, cstring, errorResponse, int32, message, MessageReader, parseErrorFields, parseMessage,
+  parseStartup, queryMessage, readParse, readyForQuery, type Message,
+} from './wire.ts';
+
+const log = componentLogger('dataproxy');
+/** A verifier for users that do not exist, so their exchange fails like a wrong password does. */
+const UNKNOWN_USER_VERIFIER = createVerifier(randomBytes(16).toString('hex'), 4096);
+
+type Phase = 'startup' | 'sasl-initial' | 'sasl-final' | 'connecting' | 'ready' | 'closed';
+type Outcome = { ok: true; result: RewriteResult } | { ok: false; message: string; event: 'refused' | 'retrieval'; sqlstate?: string };
+
+export class Session {
+  readonly processId = randomInt(1, 2 ** 31 - 1);
+  readonly secretKey = randomInt(1, 2 ** 31 - 1);
+  private phase: Phase = 'startup';
+  private socket: Socket;
+  private readonly reader = new MessageReader(true);
+  private readonly inbox: Message[] = [];
+  private busy = false;
+  private outbox: Buffer[] = [];
+  private scram: ScramServerExchange | undefined;
+  private userName = '';
+  private principal: Principal | undefined;
+  private upstream: UpstreamSession | undefined;
+  private readonly correlationId = randomUUID();
+  private resolution: { version: number; value: Resolution } | undefined;
+  /** Marker → the ErrorResponse that replaces upstream's error for it (see the file comment). */
+  private readonly refusals = new Map<string, Buffer>();
+  private upstreamPending: Buffer = Buffer.alloc(0);
+  private startupParameters: Record<string, string> = {};
+  readonly sourceIp: string | null;
+
+  constructor(
+    socket: Socket,
+    private readonly ctx: ProxyContext,
+  ) {
+    this.socket = socket;
+    this.sourceIp = socket.remoteAddress ?? null;
+    socket.setNoDelay(true);
+    this.attach(socket);
+  }
+
+  private attach(socket: Socket): void {
+    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
+    socket.on('error', () => this.close());
+    socket.on('close', () => this.close());
+  }
+
+  private onClientData(chunk: Buffer): void {
+    let messages: Message[];
+    try {
+      messages = this.reader.push(chunk);
+    } catch (err) {
+      this.fatal('08P01', (err as Error).message);
+      return;
+    }
+    for (const m of messages) this.inbox.push(m);
+    this.drain();
+  }
+
+  /** Handles queued client messages in order; an asynchronous step (policy fetch, catalog refresh) pauses the queue. */
+  private drain(): void {
+    if (this.busy) return;
+    while (this.inbox.length > 0 && this.phase !== 'closed') {
+      const m = this.inbox.shift()!;
+      let pending: Promise<void> | void;
+      try {
+        pending = this.handle(m);
+      } catch (err) {
+        this.fatal('08P01', (err as Error).message);
+        return;
+      }
+      if (pending) {
+        this.busy = true;
+        pending.catch((err: Error) => this.fatal('XX000', err.message)).finally(() => {
+          this.busy = false;
+          this.drain();
+        });
+        this.flushUpstream();
+        return;
+      }
+    }
+    this.flushUpstream();
+  }
+
+  private flushUpstream(): void {
+    if (this.outbox.length === 0 || !this.upstream) return;
+    this.upstream.write(this.outbox.length === 1 ? this.outbox[0]! : Buffer.concat(this.outbox));
+    this.outbox = [];
+  }
+
+  private handle(m: Message): Promise<void> | void {
+    switch (this.phase) {
+      case 'startup':
+        return this.startup(m);
+      case 'sasl-initial':
+      case 'sasl-final':
+        return this.sasl(m);
+      case 'connecting':
+        throw new DataProxyError('PROTOCOL', 'message before authentication completed');
+      case 'ready':
+        return this.query(m);
+    }
+  }
+
+  private startup(m: Message): Promise<void> | void {
+    const packet = parseStartup(m.raw);
+    if (packet.kind === 'ssl' || packet.kind === 'gssenc') {
+      // Bytes after the SSLRequest and before the handshake would be unauthenticated plaintext (CVE-2021-23214).
+      if (this.reader.buffered > 0 || this.inbox.length > 0) throw new DataProxyError('PROTOCOL', 'data after SSLRequest before the TLS handshake');
+      if (packet.kind === 'ssl' && this.ctx.tls) {
+        this.socket.write('S');
+        this.socket.removeAllListeners('data');
+        const tls = new TLSSocket(this.socket, { isServer: true, secureContext: this.ctx.tls });
+        this.socket = tls;
+        this.attach(tls);
+      } else {
+        this.socket.write('N');
+      }
+      return;
+    }
+    if (packet.kind === 'cancel') {
+      const target = this.ctx.sessions.get(packet.cancel!.processId);
+      if (target && target.secretKey === packet.cancel!.secretKey) void target.upstream?.cancel();
+      this.close();
+      return;
+    }
+    if (packet.kind !== 'startup') throw new DataProxyError('PROTOCOL', `unsupported protocol version ${packet.version}`);
+    this.startupParameters = packet.parameters;
+    this.userName = packet.parameters['user'] ?? '';
+    const user = this.ctx.config.users.find((u) => u.name === this.userName);
+    this.scram = new ScramServerExchange(user?.verifier ?? UNKNOWN_USER_VERIFIER);
+    if (user) this.principal = { name: user.name, id: user.id, groups: user.groups, project: this.ctx.config.project.id };
+    this.phase = 'sasl-initial';
+    this.socket.write(message('R', Buffer.concat([int32(10), cstring(SCRAM_MECHANISM), Buffer.from([0])])));
+  }
+
+  private sasl(m: Message): Promise<void> | void {
+    if (m.type !== 'p') throw new DataProxyError('PROTOCOL', `expected a SASL response, got '${m.type}'`);
+    try {
+      if (this.phase === 'sasl-initial') {
+        const r = new BodyReader(m.body);
+        const mechanism = r.cstring();
+        if (mechanism !== SCRAM_MECHANISM) throw new DataProxyError('AUTH', `unsupported SASL mechanism ${mechanism}`);
+        const length = r.int32();
+        const serverFirst = this.scram!.start(r.bytes(length).toString('utf8'));
+        this.phase = 'sasl-final';
+        this.socket.write(message('R', Buffer.concat([int32(11), Buffer.from(serverFirst)])));
+        return;
+      }
+      const serverFinal = this.scram!.finish(m.body.toString('utf8'));
+      if (!this.principal) throw new DataProxyError('AUTH', 'password authentication failed');
+      this.socket.write(Buffer.concat([message('R', Buffer.concat([int32(12), Buffer.from(serverFinal)])), authenticationOk()]));
+    } catch (err) {
+      const reason = err instanceof DataProxyError && err.code === 'AUTH' ? err.message : 'malformed authentication exchange';
+      this.ctx.emit(this.ctx.events.authenticationFailed(this.userName, this.sourceIp, reason), ['authenticationCheck']);
+      this.fatal('28P01', `password authentication failed for user "${this.userName}"`);
+      return;
+    }
+    this.ctx.emit(this.ctx.events.authenticationSucceeded(this.principal, this.correlationId), ['authenticationCheck', 'userLogin']);
+    this.phase = 'connecting';
+    return this.connectUpstream();
+  }
+
+  private async connectUpstream(): Promise<void> {
+    const params: Record<string, string> = {};
+    for (const [k, v] of Object.entries(this.startupParameters)) if (FORWARDED_PARAMETERS.has(k)) params[k] = v;
+    let upstream: UpstreamSession;
+    try {
+      upstream = await this.ctx.upstream.open(params);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'upstream connection failed');
+      this.fatal('08006', `the data proxy could not reach the database: ${(err as Error).message}`);
+      return;
+    }
+    if (this.phase === 'closed') {
+      upstream.close();
+      return;
+    }
+    this.upstream = upstream;
+    upstream.onData((chunk) => this.onUpstreamData(chunk));
+    upstream.onClose(() => this.close());
+    this.ctx.sessions.set(this.processId, this);
+    this.socket.write(Buffer.concat([...upstream.greeting, backendKeyData(this.processId, this.secretKey), readyForQuery('I')]));
+    this.phase = 'ready';
+  }
+
+  private query(m: Message): Promise<void> | void {
+    switch (m.type) {
+      case 'Q': {
+        const sql = m.body.toString('utf8', 0, m.body.length - 1);
+        return this.withRewrite(sql, (sent) => this.outbox.push(sent === sql ? m.raw : queryMessage(sent)), () => {
+          this.outbox.push(queryMessage(this.refusalMarker()));
+        });
+      }
+      case 'P': {
+        const parse = readParse(m.body);
+        return this.withRewrite(parse.sql, (sent) => this.outbox.push(sent === parse.sql ? m.raw : parseMessage(parse.name, sent, parse.paramTypes)), () => {
+          this.outbox.push(parseMessage(parse.name, this.refusalMarker(), []));
+        });
+      }
+      case 'F':
+        if (this.resolution?.value.masked !== false) {
+          // The fast-path function call names a function by oid, past any statement check.
+          this.pendingRefusal('the fast-path function call interface is not allowed through the data proxy');
+          this.outbox.push(queryMessage(this.refusalMarker()));
+          return;
+        }
+        this.outbox.push(m.raw);
+        return;
+      case 'X':
+        this.flushUpstream();
+        this.close();
+        return;
+      default:
+        this.outbox.push(m.raw);
+    }
+  }
+
+  private lastRefusal = errorResponse('42501', '');
+  private pendingRefusal(text: string, sqlstate = '42501'): void {
+    this.lastRefusal = errorResponse(sqlstate, text);
+  }
+
+  /** A statement that fails at parse analysis upstream, naming a one-time marker; its error is replaced by ours. */
+  private refusalMarker(): string {
+    const marker = `custos_refusal_${randomBytes(12).toString('hex')}`;
+    this.refusals.set(marker, this.lastRefusal);
+    return `SELECT "${marker}"`;
+  }
+
+  /**
+   * Resolves policies, rewrites, emits the policy.resolution event and forwards (`send`) or refuses (`deny`).
+   * Synchronous when the policies and the statement are cached, which is the hot path.
+   */
+  private withRewrite(sql: string, send: (sql: string) => void, deny: () => void): Promise<void> | void {
+    const finish = (outcome: Outcome): void => {
+      const who = this.principal!;
+      if (outcome.ok) {
+        const r = outcome.result;
+        const request = r.metadata ? { metadata: r.metadata } : { query: sql };
+        this.ctx.emit(this.ctx.events.policyResolved(who, this.correlationId, { request, tables: r.tables, policies: this.ctx.policies.known() }),
+          r.exportsRows && !r.metadata ? ['dataExport'] : []);
+        send(r.sql);
+        return;
+      }
+      if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
+      else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, this.correlationId, { query: sql }, outcome.message), []);
+      this.pendingRefusal(outcome.message, outcome.sqlstate);
+      deny();
+    };
+    const out = this.rewrite(sql);
+    if (out instanceof Promise) return out.then(finish);
+    finish(out);
+  }
+
+  private rewrite(sql: string): Outcome | Promise<Outcome> {
+    if (Buffer.byteLength(sql) > this.ctx.config.limits.maxQueryBytes) {
+      return { ok: false, message: `query longer than ${this.ctx.config.limits.maxQueryBytes} bytes`, event: 'refused' };
+    }
+    let current;
+    try {
+      current = this.ctx.policies.current();
+    } catch (err) {
+      return { ok: false, message: (err as Error).message, event: 'retrieval' };
+    }
+    const withPolicies = (c: { policies: PolicyConfig[]; version: number }): Outcome | Promise<Outcome> => {
+      if (this.resolution?.version !== c.version) this.resolution = { version: c.version, value: this.ctx.resolve(c.policies, this.principal!) };
+      return this.rewriteWith(sql, this.resolution.value, c.version, true);
+    };
+    if (current instanceof Promise) {
+      return current.then(withPolicies, (err: Error) => ({ ok: false as const, message: err.message, event: 'retrieval' as const }));
+    }
+    return withPolicies(current);
+  }
+
+  private rewriteWith(sql: string, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
+    const key = `${this.principal!.name}\0${version}\0${this.ctx.catalog.generation}\0${sql}`;
+    const cached = this.ctx.cache.get(key) as Outcome | undefined;
+    if (cached) return cached;
+    let outcome: Outcome;
+    try {
+      outcome = { ok: true, result: rewriteQuery(sql, this.ctx.rewriteContext(resolution, this.principal!, version)) };
+    } catch (err) {
+      if (err instanceof UnknownRelationError && mayRefresh) {
+        return this.ctx.catalog.refresh().then(() => this.rewriteWith(sql, resolution, version, false));
+      }
+      if (err instanceof DataProxyError && err.code === 'SYNTAX') {
+        // Unmasked: the database reports its own syntax error. Masked: what the proxy cannot parse it cannot check.
+        if (!resolution.masked) return { ok: true, result: { sql, changed: false, tables: [], exportsRows: false, statementCount: 0 } };
+        return { ok: false, message: `syntax error: ${err.message}`, event: 'refused', sqlstate: '42601' };
+      }
+      if (!(err instanceof DataProxyError)) log.error({ err }, 'rewrite failed');
+      outcome = { ok: false, message: err instanceof DataProxyError ? err.message : 'the statement could not be checked', event: 'refused' };
+    }
+    this.ctx.cache.set(key, outcome);
+    return outcome;
+  }
+
+  /** Upstream → client: forwarded as received, except an error answering a refusal marker, which is replaced. */
+  private onUpstreamData(chunk: Buffer): void {
+    if (this.refusals.size === 0 && this.upstreamPending.length === 0) {
+      // Fast path: nothing to replace; still find message boundaries so a later refusal starts on one.
+      const tail = this.completeMessagesLength(chunk);
+      if (tail === chunk.length) {
+        this.socket.write(chunk);
+        return;
+      }
+      if (tail > 0) this.socket.write(chunk.subarray(0, tail));
+      this.upstreamPending = Buffer.from(chunk.subarray(tail));
+      return;
+    }
+    const data = this.upstreamPending.length ? Buffer.concat([this.upstreamPending, chunk]) : chunk;
+    const parts: Buffer[] = [];
+    let offset = 0;
+    while (data.length - offset >= 5) {
+      const total = data.readInt32BE(offset + 1) + 1;
+      if (data.length - offset < total) break;
+      const type = data[offset];
+      const raw = data.subarray(offset, offset + total);
+      if (type === 0x45 /* E */ && this.refusals.size > 0) {
+        const text = parseErrorFields(raw.subarray(5))['M'] ?? '';
+        const marker = /custos_refusal_[0-9a-f]{24}/.exec(text)?.[0];
+        const replacement = marker ? this.refusals.get(marker) : undefined;
+        if (marker) this.refusals.delete(marker);
+        parts.push(replacement ?? raw);
+      } else {
+        if (type === 0x5a /* Z */) this.refusals.clear();
+        parts.push(raw);
+      }
+      offset += total;
+    }
+    this.upstreamPending = offset < data.length ? Buffer.from(data.subarray(offset)) : Buffer.alloc(0);
+    if (parts.length > 0) this.socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+  }
+
+  private completeMessagesLength(data: Buffer): number {
+    let offset = 0;
+    while (data.length - offset >= 5) {
+      const total = data.readInt32BE(offset + 1) + 1;
+      if (data.length - offset < total) break;
+      offset += total;
+    }
+    return offset;
+  }
+
+  private fatal(code: string, text: string): void {
+    if (this.phase === 'closed') return;
+    if (this.socket.writable) this.socket.write(errorResponse(code, text, 'FATAL'));
+    this.close();
+  }
+
+  close(): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.ctx.sessions.delete(this.processId);
+    this.upstream?.close();
+    this.socket.end();
+  }
+}
