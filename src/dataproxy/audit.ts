@@ -25,6 +25,10 @@ type Header = DataProxyAuditEvent['header'];
 export class AuditEvents {
   constructor(private readonly config: DataProxyConfig) {}
 
+  private ip(sourceIp: string | null): string | null {
+    return this.config.audit.reportSourceIp ? sourceIp : null;
+  }
+
   private header(action: string, initiator: Header['initiator'], status: Header['status'], target: Header['target']): Header {
     return {
       id: randomUUID(),
@@ -64,7 +68,7 @@ export class AuditEvents {
 
   authenticationFailed(userName: string, sourceIp: string | null, reason: string): DataProxyAuditEvent {
     return {
-      header: this.header('user.authentication', { id: userName, typeURI: 'User', tenant: this.config.tenant, sourceIp },
+      header: this.header('user.authentication', { id: userName, typeURI: 'User', tenant: this.config.tenant, sourceIp: this.ip(sourceIp) },
         { outcome: 'FAILURE', reason: { message: `Received error while trying to authenticate username ${userName}: ${reason}` } },
         { id: this.config.dataPlane.id, typeURI: 'data_plane' }),
       attachments: [],
@@ -73,7 +77,7 @@ export class AuditEvents {
 
   policyRetrievalFailed(who: Principal, sourceIp: string | null, message: string): DataProxyAuditEvent {
     return {
-      header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant, sourceIp },
+      header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant, sourceIp: this.ip(sourceIp) },
         { outcome: 'FAILURE', reason: { message } }, { id: this.config.dataPlane.id, typeURI: 'data_plane' }),
       attachments: [],
     };
@@ -81,7 +85,7 @@ export class AuditEvents {
 
   queryRefused(who: Principal, sourceIp: string | null, correlationId: string, request: QueryAudit['request'], message: string): DataProxyAuditEvent {
     return {
-      header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant, sourceIp },
+      header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant, sourceIp: this.ip(sourceIp) },
         { outcome: 'FAILURE', reason: { message } }, this.queryTarget()),
       attachments: [{ ...this.source(), ...(this.config.audit.verbose ? { userId: who.name, request } : {}), correlationId }],
     };

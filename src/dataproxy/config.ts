@@ -103,7 +103,13 @@ const configSchema = z.strictObject({
   dataPlane: z.strictObject({ id: name, namespace: z.string().optional(), pod: z.string().optional(), node: z.string().optional() }).default({ id: 'dp-1' }),
   connection: z.strictObject({ id: name, name: name }).default({ id: 'conn-1', name: 'postgres' }),
   project: z.strictObject({ id: name, name: name.optional() }).default({ id: 'custos' }),
-  audit: z.strictObject({ verbose: z.boolean().default(false), includeContext: z.boolean().default(false) }).default({ verbose: false, includeContext: false }),
+  audit: z.strictObject({
+    verbose: z.boolean().default(false),
+    /** Adds requestData.context, fieldTriggers, dataPlane and rlacFilterBehaviour (described by the seed, absent from its examples). */
+    includeContext: z.boolean().default(false),
+    /** Fills initiator.sourceIp with the client address (the seed's examples print null). */
+    reportSourceIp: z.boolean().default(false),
+  }).default({ verbose: false, includeContext: false, reportSourceIp: false }),
   rlacFilterBehaviour: z.enum(['DENY_ACCESS', 'ALLOW_ACCESS']).default('ALLOW_ACCESS'),
   groups: z.array(z.strictObject({ name, id: z.string().optional() })).default([]),
   users: z.array(userSchema).default([]),

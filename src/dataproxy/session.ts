@@ -261,7 +261,9 @@ export class Session {
       if (outcome.ok) {
         const r = outcome.result;
         const request = r.metadata ? { metadata: r.metadata } : { query: sql };
-        this.ctx.emit(this.ctx.events.policyResolved(who, this.correlationId, { request, tables: r.tables, policies: this.ctx.policies.known() }),
+        // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
+        const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
+        this.ctx.emit(this.ctx.events.policyResolved(who, this.correlationId, { request, tables, policies: this.ctx.policies.known() }),
           r.exportsRows && !r.metadata ? ['dataExport'] : []);
         send(r.sql);
         return;
