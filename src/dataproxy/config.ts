@@ -81,7 +81,7 @@ const policySchema = z.strictObject({
   filters: z.array(fieldSchema.omit({ field: true }).extend({
     field: name,
     expression: z.string().min(1).max(2000),
-    condition: conditionSchema.default({}),
+    condition: conditionSchema.optional(),
   })).default([]),
 });
 export type PolicyConfig = z.infer<typeof policySchema>;

@@ -72,6 +72,8 @@ export function resolvePolicies(policies: PolicyConfig[], who: Principal, rlacFi
     return plan;
   };
   for (const policy of policies) {
+    // A filter without a condition of its own applies to whom its policy applies (any rule, or a rule-less policy).
+    const policyApplies = policy.rules.length === 0 || policy.rules.some((r) => matches(r.condition, who));
     for (const rule of policy.rules) {
       if (!matches(rule.condition, who)) continue;
       for (const field of rule.fields) {
@@ -81,7 +83,7 @@ export function resolvePolicies(policies: PolicyConfig[], who: Principal, rlacFi
       }
     }
     for (const f of policy.filters) {
-      if (!matches(f.condition, who)) continue;
+      if (f.condition ? !matches(f.condition, who) : !policyApplies) continue;
       planFor(f.schema, f.table).filters.push({ policy, field: f, expression: f.expression });
     }
   }

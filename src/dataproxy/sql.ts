@@ -22,7 +22,7 @@ export function parseStatements(sql: string): RawStatement[] {
 }
 
 export function deparseStatements(stmts: Node[]): string {
-  return deparseSync({ version: 180004, stmts: stmts.map((stmt) => ({ stmt })) } as never, { pretty: false } as never);
+  return stmts.map((stmt) => deparseSync({ version: 180004, stmts: [{ stmt }] } as never, { pretty: false } as never)).join('; ');
 }
 
 /** One SQL boolean expression from the configuration (a filter or a cell-level condition), as a parse-tree node. */
