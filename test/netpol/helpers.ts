@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import type { PolicyActionRecord } from '../../src/model/index.ts';
 import { buildCluster, parseManifestText, PolicyActionRecorder, DEFAULT_SETTINGS, type NetpolSettings, type Cluster } from '../../src/netpol/index.ts';
 import type { Connection } from '../../src/netpol/index.ts';
@@ -47,4 +48,46 @@ export async function metricValue(name: string, labels: Record<string, string>):
   const { values } = await metric.get();
   const hit = values.find((v) => Object.entries(labels).every(([k, want]) => String(v.labels[k]) === want) && Object.keys(v.labels).length === Object.keys(labels).length);
   return hit?.value ?? 0;
+}
+
+export const CONFORMANCE = new URL('../../../shared/conformance/netpol/', import.meta.url).pathname;
+
+interface Expected {
+  flow: number;
+  allowed: boolean;
+  records: { direction: string; disposition: string; policies: string[]; count: number }[];
+}
+
+const tupleKey = (c: { src_ip: string; src_port?: number; dest_ip: string; dest_port?: number; protocol: string; direction: string }): string =>
+  `${c.src_ip}|${c.src_port}|${c.dest_ip}|${c.dest_port}|${c.protocol}|${c.direction}`;
+
+/** Compares records with a conformance case's expected.ndjson as its README says; returns what differs (empty: pass). */
+export function conformanceFailures(caseDir: string, records: PolicyActionRecord[]): string[] {
+  const flows = readFileSync(join(caseDir, 'flows.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const expected: Expected[] = readFileSync(join(caseDir, 'expected.ndjson'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const failures: string[] = [];
+  const byKey = new Map<string, PolicyActionRecord>();
+  for (const r of records) {
+    if (byKey.has(tupleKey(r.connection))) failures.push(`two records for ${tupleKey(r.connection)}`);
+    byKey.set(tupleKey(r.connection), r);
+  }
+  let wanted = 0;
+  for (const exp of expected) {
+    const f = flows[exp.flow];
+    for (const want of exp.records) {
+      wanted++;
+      const k = tupleKey({ ...f, direction: want.direction });
+      const got = byKey.get(k);
+      if (!got) {
+        failures.push(`flow ${exp.flow} ${k}: missing ${want.disposition} record`);
+        continue;
+      }
+      const gotPolicies = (got.policies ?? []).map((p) => `${p.namespace}/${p.name}`).sort();
+      if (got.disposition !== want.disposition || got.count !== want.count || JSON.stringify(gotPolicies) !== JSON.stringify([...want.policies].sort()))
+        failures.push(`flow ${exp.flow} ${k}: want ${want.disposition} [${want.policies.join(',')}] count ${want.count}, got ${got.disposition} [${gotPolicies.join(',')}] count ${got.count}`);
+      if (Date.parse(got.timestamp) !== Date.parse(f.time)) failures.push(`flow ${exp.flow}: timestamp ${got.timestamp} is not ${f.time}`);
+    }
+  }
+  if (records.length !== wanted) failures.push(`${records.length} records written, ${wanted} expected`);
+  return failures;
 }
