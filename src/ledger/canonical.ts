@@ -1,7 +1,12 @@
 import { LedgerError } from './errors.ts';
 
 const MAX_DEPTH = 512;
+// Any surrogate code unit (cheap test), then the exact test for an unpaired one only when there is one.
+const ANY_SURROGATE = /[\ud800-\udfff]/;
 const LONE_SURROGATE = /\p{Cs}/u;
+// Member names repeat across entries (`insertId`, `logName`, …): their serialized form is kept, up to a bound.
+const quotedNames = new Map<string, string>();
+const MAX_QUOTED_NAMES = 10_000;
 
 /**
  * RFC 8785 JSON Canonicalization Scheme: object members sorted by their names' UTF-16 code units (what
@@ -12,22 +17,31 @@ export function canonicalJson(value: unknown): string {
   return serialize(value, 0);
 }
 
-function serialize(value: unknown, depth: number): string {
-  switch (typeof value) {
-    case 'string':
-      if (LONE_SURROGATE.test(value)) throw new LedgerError('INVALID_ENTRY', 'string contains a lone surrogate (not I-JSON, RFC 8785 §3.2.2.2)');
-      return JSON.stringify(value);
-    case 'number':
-      if (!Number.isFinite(value)) throw new LedgerError('INVALID_ENTRY', `number ${value} has no JSON form`);
-      return JSON.stringify(value);
-    case 'boolean':
-      return value ? 'true' : 'false';
-    case 'object':
-      break;
-    default:
-      throw new LedgerError('INVALID_ENTRY', `a ${typeof value} has no JSON form`);
+function quoteString(value: string): string {
+  if (ANY_SURROGATE.test(value) && LONE_SURROGATE.test(value)) throw new LedgerError('INVALID_ENTRY', 'string contains a lone surrogate (not I-JSON, RFC 8785 §3.2.2.2)');
+  return JSON.stringify(value);
+}
+
+function quoteName(name: string): string {
+  let quoted = quotedNames.get(name);
+  if (quoted === undefined) {
+    quoted = quoteString(name);
+    if (quotedNames.size < MAX_QUOTED_NAMES) quotedNames.set(name, quoted);
   }
+  return quoted;
+}
+
+const omitted = (value: unknown): boolean => value === undefined || typeof value === 'function' || typeof value === 'symbol';
+
+function serialize(value: unknown, depth: number): string {
+  if (typeof value === 'string') return quoteString(value);
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new LedgerError('INVALID_ENTRY', `number ${value} has no JSON form`);
+    return JSON.stringify(value);
+  }
+  if (typeof value === 'boolean') return value ? 'true' : 'false';
   if (value === null) return 'null';
+  if (typeof value !== 'object') throw new LedgerError('INVALID_ENTRY', `a ${typeof value} has no JSON form`);
   if (depth >= MAX_DEPTH) throw new LedgerError('INVALID_ENTRY', `nesting deeper than ${MAX_DEPTH}`);
   const toJSON = (value as { toJSON?: unknown }).toJSON;
   if (typeof toJSON === 'function') return serialize(toJSON.call(value), depth + 1);
@@ -36,20 +50,18 @@ function serialize(value: unknown, depth: number): string {
     for (let i = 0; i < value.length; i++) {
       const element: unknown = value[i];
       if (i > 0) out += ',';
-      out += element === undefined || typeof element === 'function' || typeof element === 'symbol' ? 'null' : serialize(element, depth + 1);
+      out += omitted(element) ? 'null' : serialize(element, depth + 1);
     }
     return out + ']';
   }
   const record = value as Record<string, unknown>;
-  const keys = Object.keys(record).sort();
+  const names = Object.keys(record).sort();
   let out = '{';
-  let first = true;
-  for (const key of keys) {
-    const member = record[key];
-    if (member === undefined || typeof member === 'function' || typeof member === 'symbol') continue;
-    if (!first) out += ',';
-    first = false;
-    out += serialize(key, depth) + ':' + serialize(member, depth + 1);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i] as string;
+    const member = record[name];
+    if (omitted(member)) continue;
+    out += (out.length > 1 ? ',' : '') + quoteName(name) + ':' + serialize(member, depth + 1);
   }
   return out + '}';
 }

@@ -6,10 +6,10 @@ import { archiveSealedSegments, archiveTargetOf, type ArchiveTarget } from './ar
 import { canonicalJson } from './canonical.ts';
 import { assertOrganization, LedgerError } from './errors.ts';
 import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
-import { EMPTY_ROOT, leafHash } from './merkle.ts';
+import { EMPTY_ROOT } from './merkle.ts';
 import { verifierKeyString, type NoteSigner } from './note.ts';
 import { OrgLog } from './org-log.ts';
-import { RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from './segment.ts';
+import { RecordBatch, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from './segment.ts';
 
 export interface LedgerOptions {
   dir: string;
@@ -133,23 +133,33 @@ export class Ledger {
 
   /** Appends entries to the organization's log; resolves once they are durable, with the index of the first. */
   async append(org: string, entries: LogEntry[]): Promise<{ firstIndex: number; treeSize: number }> {
-    if (this.closed) throw new LedgerError('CLOSED', 'ledger is closed', { org });
-    assertOrganization(org);
-    const payloads: Buffer[] = [];
-    const leaves: Buffer[] = [];
-    for (let i = 0; i < entries.length; i++) {
-      let payload: Buffer;
+    return this.appendCanonical(org, entries.map((entry, i) => {
       try {
-        payload = Buffer.from(canonicalJson(entries[i]), 'utf8');
+        return canonicalJson(entry);
       } catch (err) {
         throw new LedgerError('INVALID_ENTRY', `entry ${i}: ${(err as Error).message}`, { org, cause: err });
       }
-      payloads.push(payload);
-      leaves.push(leafHash(payload));
+    }));
+  }
+
+  /**
+   * Appends entries given as their RFC 8785 canonical JSON (strings or UTF-8 bytes), for callers that serialize
+   * elsewhere (a worker, or bytes read back from another ledger). The ledger hashes and stores them as given.
+   */
+  async appendCanonical(org: string, canonical: readonly (string | Uint8Array)[]): Promise<{ firstIndex: number; treeSize: number }> {
+    if (this.closed) throw new LedgerError('CLOSED', 'ledger is closed', { org });
+    assertOrganization(org);
+    const batch = new RecordBatch(canonical.length * 1024);
+    for (let i = 0; i < canonical.length; i++) {
+      try {
+        batch.add(canonical[i] as string | Uint8Array);
+      } catch (err) {
+        throw new LedgerError('INVALID_ENTRY', `entry ${i}: ${(err as Error).message}`, { org, cause: err });
+      }
     }
     const orgLog = await this.orgLog(org);
-    if (payloads.length === 0) return { firstIndex: orgLog.tree.size, treeSize: orgLog.tree.size };
-    return orgLog.append(payloads, leaves);
+    if (batch.count === 0) return { firstIndex: orgLog.tree.size, treeSize: orgLog.tree.size };
+    return orgLog.append(batch);
   }
 
   treeSize(org: string): number {

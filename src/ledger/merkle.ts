@@ -77,8 +77,9 @@ export class MerkleTree {
     return this.count;
   }
 
-  append(leaf: Uint8Array): void {
-    let node: Buffer = Buffer.from(leaf);
+  /** Adds a leaf hash; the tree keeps `leaf` itself, so the caller must not reuse its memory. */
+  append(leaf: Buffer): void {
+    let node = leaf;
     let index = this.count;
     let level = 0;
     this.keep(0, node);

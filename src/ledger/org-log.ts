@@ -7,7 +7,7 @@ import { syncDirectory, writeFileDurably } from './fsutil.ts';
 import { leafHash, MerkleTree } from './merkle.ts';
 import { ledgerMetrics } from './metrics.ts';
 import type { NoteSigner } from './note.ts';
-import { encodeRecords, encodeSegmentHeader, scanSegment, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
+import { RecordBatch, encodeSegmentHeader, scanSegment, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
 
 export interface SegmentInfo {
   name: string;
@@ -26,8 +26,7 @@ export interface ArchiveState {
 }
 
 interface PendingAppend {
-  payloads: Buffer[];
-  leaves: Buffer[];
+  batch: RecordBatch;
   resolve: (result: { firstIndex: number; treeSize: number }) => void;
   reject: (error: unknown) => void;
 }
@@ -163,9 +162,9 @@ export class OrgLog {
     this.options.logger.warn({ org: this.org, segment: name, offset: validLength, droppedBytes: fileLength - validLength, reason }, 'cut torn tail of segment after crash');
   }
 
-  append(payloads: Buffer[], leaves: Buffer[]): Promise<{ firstIndex: number; treeSize: number }> {
+  append(batch: RecordBatch): Promise<{ firstIndex: number; treeSize: number }> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ payloads, leaves, resolve, reject });
+      this.pending.push({ batch, resolve, reject });
       this.scheduleFlush();
     });
   }
@@ -189,24 +188,33 @@ export class OrgLog {
   }
 
   private async flush(): Promise<void> {
-    const batch = this.pending;
+    const pending = this.pending;
     this.pending = [];
-    if (batch.length === 0) return;
-    const payloads = batch.flatMap((item) => item.payloads);
+    if (pending.length === 0) return;
     const firstIndex = this.tree.size;
-    const records = encodeRecords(firstIndex, payloads);
+    const buffers: Buffer[] = [];
+    let entries = 0;
+    let bytes = 0;
+    for (const { batch } of pending) {
+      const records = batch.number(firstIndex + entries);
+      buffers.push(records);
+      entries += batch.count;
+      bytes += records.length;
+    }
     let segment: { info: SegmentInfo; file: FileHandle } | undefined;
     const stopTimer = ledgerMetrics.commitSeconds.startTimer();
     try {
-      segment = await this.segmentFor(records.length);
+      segment = await this.segmentFor(bytes);
       if (this.needsTruncate) {
         await segment.file.truncate(segment.info.length);
         this.needsTruncate = false;
       }
-      let written = 0;
-      while (written < records.length) {
-        const { bytesWritten } = await segment.file.write(records, written, records.length - written, segment.info.length + written);
-        written += bytesWritten;
+      const { bytesWritten } = await segment.file.writev(buffers, segment.info.length);
+      if (bytesWritten < bytes) {
+        const rest = Buffer.concat(buffers).subarray(bytesWritten);
+        for (let written = 0; written < rest.length;) {
+          written += (await segment.file.write(rest, written, rest.length - written, segment.info.length + bytesWritten + written)).bytesWritten;
+        }
       }
       await segment.file.datasync();
     } catch (err) {
@@ -215,21 +223,21 @@ export class OrgLog {
         await segment.file.truncate(segment.info.length).then(() => { this.needsTruncate = false; }, () => undefined);
       }
       ledgerMetrics.commitErrors.inc();
-      const error = new LedgerError('IO_ERROR', `${this.org}: could not make ${payloads.length} entries durable: ${(err as Error).message}`, { org: this.org, cause: err });
+      const error = new LedgerError('IO_ERROR', `${this.org}: could not make ${entries} entries durable: ${(err as Error).message}`, { org: this.org, cause: err });
       this.options.logger.error({ org: this.org, err }, 'append failed; nothing of the batch was acknowledged');
-      for (const item of batch) item.reject(error);
+      for (const item of pending) item.reject(error);
       return;
     }
     stopTimer();
     ledgerMetrics.commits.inc();
-    ledgerMetrics.entries.inc(payloads.length);
-    segment.info.length += records.length;
-    segment.info.entryCount += payloads.length;
+    ledgerMetrics.entries.inc(entries);
+    segment.info.length += bytes;
+    segment.info.entryCount += entries;
     let index = firstIndex;
-    for (const item of batch) {
-      for (const leaf of item.leaves) this.tree.append(leaf);
-      item.resolve({ firstIndex: index, treeSize: firstIndex + payloads.length });
-      index += item.leaves.length;
+    for (const { batch, resolve } of pending) {
+      for (const leaf of batch.leaves) this.tree.append(leaf);
+      resolve({ firstIndex: index, treeSize: firstIndex + entries });
+      index += batch.count;
     }
   }
 

@@ -1,4 +1,5 @@
 import { open } from 'node:fs/promises';
+import { hash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 
 /**
@@ -52,21 +53,67 @@ export function decodeSegmentHeader(buffer: Buffer): SegmentHeader | undefined {
   return { firstIndex: readU64(buffer, 8), createdMs: readU64(buffer, 16) };
 }
 
-/** One contiguous buffer holding the records for `payloads`, numbered from `firstIndex`. */
-export function encodeRecords(firstIndex: number, payloads: readonly Uint8Array[]): Buffer {
-  let total = 0;
-  for (const payload of payloads) total += RECORD_HEADER_BYTES + payload.length;
-  const buffer = Buffer.allocUnsafe(total);
-  let offset = 0;
-  for (let i = 0; i < payloads.length; i++) {
-    const payload = payloads[i] as Uint8Array;
-    buffer.writeUInt32BE(payload.length, offset);
-    writeU64(buffer, firstIndex + i, offset + 8);
-    buffer.set(payload, offset + RECORD_HEADER_BYTES);
-    buffer.writeUInt32BE(crc32(buffer.subarray(offset + 8, offset + RECORD_HEADER_BYTES + payload.length)), offset + 4);
-    offset += RECORD_HEADER_BYTES + payload.length;
+/**
+ * The records of one append, framed as they go to disk before their indexes are known (those are stamped when the
+ * group commit orders the batch). Each payload's leaf hash is taken in place: the byte just before the payload
+ * (the index's last byte, not yet written) briefly holds the RFC 6962 leaf prefix 0x00, which spares a copy.
+ */
+export class RecordBatch {
+  private buffer: Buffer;
+  private used = 0;
+  readonly leaves: Buffer[] = [];
+
+  constructor(expectedBytes = 64 * 1024) {
+    this.buffer = Buffer.allocUnsafe(expectedBytes);
   }
-  return buffer;
+
+  get count(): number {
+    return this.leaves.length;
+  }
+
+  get byteLength(): number {
+    return this.used;
+  }
+
+  /** Appends one payload given as a string (UTF-8 encoded here) or bytes; returns its byte length. */
+  add(payload: string | Uint8Array): number {
+    const maxBytes = typeof payload === 'string' ? payload.length * 3 : payload.length;
+    this.reserve(RECORD_HEADER_BYTES + maxBytes);
+    const start = this.used + RECORD_HEADER_BYTES;
+    const length = typeof payload === 'string' ? this.buffer.write(payload, start, 'utf8') : (this.buffer.set(payload, start), payload.length);
+    if (length > MAX_RECORD_BYTES) throw new RangeError(`entry of ${length} bytes exceeds the record limit of ${MAX_RECORD_BYTES}`);
+    this.buffer.writeUInt32BE(length, this.used);
+    this.buffer[start - 1] = 0x00;
+    this.leaves.push(hash('sha256', this.buffer.subarray(start - 1, start + length), 'buffer'));
+    this.used = start + length;
+    return length;
+  }
+
+  private reserve(bytes: number): void {
+    if (this.used + bytes <= this.buffer.length) return;
+    const bigger = Buffer.allocUnsafe(Math.max(this.buffer.length * 2, this.used + bytes));
+    this.buffer.copy(bigger, 0, 0, this.used);
+    this.buffer = bigger;
+  }
+
+  /** Stamps indexes from `firstIndex` and the checksums; returns the bytes to write. */
+  number(firstIndex: number): Buffer {
+    let offset = 0;
+    for (let index = firstIndex; offset < this.used; index++) {
+      const end = offset + RECORD_HEADER_BYTES + this.buffer.readUInt32BE(offset);
+      writeU64(this.buffer, index, offset + 8);
+      this.buffer.writeUInt32BE(crc32(this.buffer.subarray(offset + 8, end)), offset + 4);
+      offset = end;
+    }
+    return this.buffer.subarray(0, this.used);
+  }
+}
+
+/** The records for `payloads`, numbered from `firstIndex`, as one buffer. */
+export function encodeRecords(firstIndex: number, payloads: readonly Uint8Array[]): Buffer {
+  const batch = new RecordBatch(payloads.reduce((n, p) => n + RECORD_HEADER_BYTES + p.length, 0));
+  for (const payload of payloads) batch.add(payload);
+  return batch.number(firstIndex);
 }
 
 export interface RecordProblem {
