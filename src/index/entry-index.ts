@@ -41,15 +41,15 @@ const SCHEMA = `
 CREATE TABLE IF NOT EXISTS entries (
   org VARCHAR NOT NULL,
   idx BIGINT NOT NULL,
-  ts TIMESTAMP,
-  receive_ts TIMESTAMP,
-  severity_rank TINYINT,
+  ts TIMESTAMP NOT NULL,
+  receive_ts TIMESTAMP NOT NULL,
+  severity_rank TINYINT NOT NULL,
   log_name VARCHAR NOT NULL,
   resource_type VARCHAR NOT NULL,
   insert_id VARCHAR NOT NULL,
   entry VARCHAR NOT NULL,
   fields VARCHAR NOT NULL,
-  fields_lower VARCHAR NOT NULL
+  fields_folded VARCHAR NOT NULL
 )`;
 
 /** The DuckDB index: derived from the ledger and rebuildable; holds nothing the ledger does not. */
@@ -106,16 +106,15 @@ export class EntryIndex {
         const c = indexedColumns(entry);
         appender.appendVarchar(org);
         appender.appendBigInt(BigInt(index));
-        appendTimestamp(appender, c.tsMicros);
-        appendTimestamp(appender, c.receiveTsMicros);
-        if (c.severityRank === null) appender.appendNull();
-        else appender.appendTinyInt(c.severityRank);
+        appender.appendTimestamp(new DuckDBTimestampValue(BigInt(c.tsMicros)));
+        appender.appendTimestamp(new DuckDBTimestampValue(BigInt(c.receiveTsMicros)));
+        appender.appendTinyInt(c.severityRank);
         appender.appendVarchar(c.logName);
         appender.appendVarchar(c.resourceType);
         appender.appendVarchar(String(entry.insertId ?? ''));
         appender.appendVarchar(JSON.stringify(entry));
         appender.appendVarchar(c.fields);
-        appender.appendVarchar(c.fieldsLower);
+        appender.appendVarchar(c.fieldsFolded);
         appender.endRow();
         next = Math.max(next, index + 1);
       }
@@ -194,11 +193,6 @@ export class EntryIndex {
     this.writer.closeSync();
     this.instance.closeSync();
   }
-}
-
-function appendTimestamp(appender: { appendTimestamp(v: DuckDBTimestampValue): void; appendNull(): void }, micros: number | null): void {
-  if (micros === null) appender.appendNull();
-  else appender.appendTimestamp(new DuckDBTimestampValue(BigInt(micros)));
 }
 
 function clampPageSize(size: number | undefined): number {
