@@ -88,8 +88,11 @@ export class IngestService {
     ingestMetrics.treeSize.set({ org }, appended.treeSize);
     let rows = this.pending.get(org);
     if (!rows) this.pending.set(org, (rows = new Map()));
-    fresh.forEach((entry, i) => rows.set(appended.firstIndex + i, entry));
-    if (!this.indexedUpTo.has(org)) this.indexedUpTo.set(org, await this.index.indexedSize(org));
+    // Rows the indexer already read back from the ledger (it runs concurrently) are not kept.
+    const indexed = this.indexedUpTo.get(org) ?? 0;
+    fresh.forEach((entry, i) => {
+      if (appended.firstIndex + i >= indexed) rows.set(appended.firstIndex + i, entry);
+    });
     this.scheduleIndexing();
     const subs = this.subscribers.get(org);
     if (subs) for (const entry of fresh) for (const fn of subs) fn(entry);
@@ -132,6 +135,7 @@ export class IngestService {
 
   /** Moves each organization's index cursor forward, from memory where it can and from the ledger where it must. */
   private async indexPending(): Promise<void> {
+    // Only this loop inserts into the index, so reading the index's own cursor here cannot race an insert.
     for (const org of this.ledger.organizations()) {
       let cursor = this.indexedUpTo.get(org) ?? (await this.index.indexedSize(org));
       const target = this.ledger.treeSize(org);

@@ -72,10 +72,15 @@ export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = 
     ...(adminTokenFile ? { adminTokenFile } : {}),
     close: () =>
       (closing ??= (async () => {
-        await app.close();
-        await service.close();
-        await index.close();
-        await ledger.close();
+        // Every part is closed even when one fails (a full disk fails the last checkpoint); the first error is thrown.
+        const errors: unknown[] = [];
+        for (const step of [() => app.close(), () => service.close(), () => index.close(), () => ledger.close()]) {
+          await step().catch((err: unknown) => {
+            log.error({ err }, 'error while closing the store');
+            errors.push(err);
+          });
+        }
+        if (errors.length) throw errors[0];
       })()),
   };
 }
