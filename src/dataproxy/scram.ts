@@ -59,7 +59,10 @@ export class ScramServerExchange {
   private nonce = '';
   private gs2Header = '';
 
-  constructor(private readonly verifier: ScramVerifier) {}
+  constructor(
+    private readonly verifier: ScramVerifier,
+    private readonly serverNonce = randomBytes(18).toString('base64'),
+  ) {}
 
   /** client-first-message → server-first-message. */
   start(clientFirst: string): string {
@@ -69,7 +72,7 @@ export class ScramServerExchange {
     this.clientFirstBare = m[3]!;
     const clientNonce = attributes(this.clientFirstBare).get('r');
     if (!clientNonce) throw new DataProxyError('AUTH', 'SCRAM client-first-message has no nonce');
-    this.nonce = clientNonce + randomBytes(18).toString('base64');
+    this.nonce = clientNonce + this.serverNonce;
     this.serverFirst = `r=${this.nonce},s=${this.verifier.salt.toString('base64')},i=${this.verifier.iterations}`;
     return this.serverFirst;
   }
@@ -94,13 +97,15 @@ export class ScramServerExchange {
 
 /** The client side, for an upstream PostgreSQL that asks the proxy for SCRAM-SHA-256. */
 export class ScramClientExchange {
-  private readonly clientNonce = randomBytes(18).toString('base64');
   private clientFirstBare = '';
   private expectedServerSignature = '';
-  constructor(private readonly password: string) {}
+  constructor(
+    private readonly password: string,
+    private readonly clientNonce = randomBytes(18).toString('base64'),
+  ) {}
 
-  first(): string {
-    this.clientFirstBare = `n=,r=${this.clientNonce}`;
+  first(user = ''): string {
+    this.clientFirstBare = `n=${user},r=${this.clientNonce}`;
     return `n,,${this.clientFirstBare}`;
   }
 

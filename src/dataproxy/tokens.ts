@@ -51,7 +51,7 @@ export function compileTokenPattern(pattern: string): TokenAtom[] {
       if (pattern[i] === '^') fail('negated classes are not supported');
       const set = new Set<string>();
       while (i < pattern.length && pattern[i] !== ']') {
-        let from = pattern[i]!;
+        const from = pattern[i]!;
         if (from === '\\') {
           for (const ch of escapeChars(pattern[i + 1] ?? '')) set.add(ch);
           i += 2;
@@ -66,7 +66,6 @@ export function compileTokenPattern(pattern: string): TokenAtom[] {
         } else {
           set.add(from);
         }
-        from = '';
       }
       if (pattern[i] !== ']') fail('unterminated class');
       i++;
