@@ -157,12 +157,15 @@ export function parseWriteBody(body: Uint8Array, limits: ValidationLimits = DEFA
   } else {
     let offset = 0;
     let line = 0;
+    let nextByteOffset = 0;
     while (offset < text.length) {
       let end = text.indexOf('\n', offset);
       if (end < 0) end = text.length;
       line++;
-      const raw = text.slice(offset, end).replace(/\r$/, '');
-      const byteOffset = Buffer.byteLength(text.slice(0, offset));
+      const full = text.slice(offset, end);
+      const raw = full.endsWith('\r') ? full.slice(0, -1) : full;
+      const byteOffset = nextByteOffset;
+      nextByteOffset += Buffer.byteLength(full) + 1;
       if (raw.trim() !== '') {
         if (entries.length + errors.length >= limits.maxEntries) {
           throw new BodyError(413, [{ line, field: '', reason: `more than ${limits.maxEntries} entries in one request`, offset: byteOffset }]);
