@@ -177,7 +177,7 @@ export function parseSocksRequest(buffer: Buffer): SocksRequest | undefined {
     if (nameLength === 0) throw new ProtocolError('BAD_SOCKS', 'SOCKS5 request has an empty domain name');
     if (buffer.length < 5 + nameLength + 2) return undefined;
     host = buffer.subarray(5, 5 + nameLength).toString('latin1');
-    if (!/^[A-Za-z0-9._-]+$/.test(host)) throw new ProtocolError('BAD_SOCKS', `SOCKS5 domain name has invalid characters: ${JSON.stringify(host.slice(0, 80))}`);
+    if (!/^[A-Za-z0-9._:-]+$/.test(host)) throw new ProtocolError('BAD_SOCKS', `SOCKS5 domain name has invalid characters: ${JSON.stringify(host.slice(0, 80))}`);
     offset = 5 + nameLength;
   } else {
     throw new ProtocolError('UNSUPPORTED', `SOCKS5 address type ${addressType} is not supported`);
