@@ -1,0 +1,60 @@
+/** `startDemo` (what `custos serve --demo` runs) and the `custos dataproxy` command with real clients. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startDemo } from '../../src/dataproxy/index.ts';
+import type { DataProxyAuditEvent } from '../../src/model/index.ts';
+import { MemorySink, psql } from './helpers.ts';
+
+test('startDemo: events at once, and psql can connect to the URL it prints', async () => {
+  const sink = new MemorySink();
+  const demo = await startDemo({ sink, project: 'demo', listen: '127.0.0.1:0' });
+  try {
+    const actions = sink.entries.map((e) => (e.jsonPayload as unknown as DataProxyAuditEvent).header.event.action);
+    assert.equal(actions[0], 'user.authentication');
+    assert.ok(actions.filter((a) => a === 'policy.resolution').length >= 3);
+    assert.ok(sink.entries.every((e) => e.logName === 'projects/demo/logs/data-proxy-audit'));
+    const out = await psql(demo.url, 'select id, firstname, lastname, salary from library.authors order by id');
+    const rows = out.split('\n').map((l) => l.split('|'));
+    assert.deepEqual(rows.map((r) => r[0]), ['1', '2', '4', '5', '6'], 'the AAAAA row is filtered');
+    assert.ok(rows.every((r) => !['Ada', 'Alan', 'Grace', 'Edsger', 'Barbara'].includes(r[1]!)));
+    assert.deepEqual(rows.map((r) => r[3]), ['52000.00', '61000.00', '', '', '80100.00']);
+  } finally {
+    await demo.stop();
+  }
+});
+
+test('custos dataproxy --config … --log-file writes NDJSON events; SIGTERM stops it', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'dp-cli-'));
+  const logFile = join(dir, 'events.ndjson');
+  const child = spawn(process.execPath, ['bin/custos.js', 'dataproxy', '--config', 'test/fixtures/dataproxy/embedded.yaml', '--listen', '127.0.0.1:0', '--log-file', logFile], {
+    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' },
+  });
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      let err = '';
+      const timer = setTimeout(() => reject(new Error(`no listening line: ${err}`)), 30_000);
+      child.stderr.on('data', (d: Buffer) => {
+        err += d.toString();
+        const m = /listening on [^:]+:(\d+)/.exec(err);
+        if (m) {
+          clearTimeout(timer);
+          resolve(Number(m[1]));
+        }
+      });
+    });
+    const out = await psql(`postgresql://proxy-user:s3cret@127.0.0.1:${port}/acmedb?sslmode=disable`, 'select count(*) from library.authors');
+    assert.equal(out, '5');
+    child.kill('SIGTERM');
+    await new Promise((resolve) => child.once('exit', resolve));
+    const events = readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as DataProxyAuditEvent);
+    assert.deepEqual(events.map((e) => e.header.event.action), ['user.authentication', 'policy.resolution']);
+    assert.equal(events[1]!.attachments[0]!.request?.query, 'select count(*) from library.authors');
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
