@@ -74,8 +74,7 @@ function appendLines(value: unknown, path: string, out: { fields: string; folded
   } else if (Array.isArray(value)) {
     for (const element of value) appendLines(element, path, out);
   } else if (value !== null && typeof value === 'object') {
-    for (const key in value) {
-      if (!Object.hasOwn(value, key)) continue;
+    for (const key of Object.keys(value)) {
       const segment = escapeSegment(key);
       appendLines((value as Record<string, unknown>)[key], path === '' ? segment : `${path}.${segment}`, out);
     }
