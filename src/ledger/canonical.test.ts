@@ -26,7 +26,7 @@ describe('canonicalJson (RFC 8785)', () => {
 
   const rows: [string, unknown, string][] = [
     ['sorts keys by UTF-16 code units (RFC 8785 §3.2.3 example)', { '\u20ac': 'Euro Sign', '\r': 'Carriage Return', '\ufb33': 'Hebrew Letter Dalet With Dagesh', '1': 'One', '\ud83d\ude00': 'Emoji: Grinning Face', '\u0080': 'Control', '\u00f6': 'Latin Small Letter O With Diaeresis' }, '{"\\r":"Carriage Return","1":"One","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis","\u20ac":"Euro Sign","\ud83d\ude00":"Emoji: Grinning Face","\ufb33":"Hebrew Letter Dalet With Dagesh"}'],
-    ['serializes numbers the ECMAScript way', [1e21, 1e-7, -0, 0.1 + 0.2, 4.5, 333333333.33333329], '[1e+21,1e-7,0,0.30000000000000004,4.5,333333333.3333333]'],
+    ['serializes numbers the ECMAScript way', [1e21, 1e-7, -0, 0.1 + 0.2, 4.5, 333333333.3333333], '[1e+21,1e-7,0,0.30000000000000004,4.5,333333333.3333333]'],
     ['drops undefined members and keeps nulls', { b: undefined, a: null }, '{"a":null}'],
     ['escapes control characters minimally', { s: '\u0001\n"\\' }, '{"s":"\\u0001\\n\\"\\\\"}'],
   ];

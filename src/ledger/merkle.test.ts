@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
+import { CompactRange, leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 
 interface Vectors {
   leaves: string[];
@@ -139,5 +139,22 @@ describe('a larger tree agrees with the RFC recursion', () => {
     const tree = treeOf(8);
     const proof = tree.inclusionProof(3, 8).map((h) => h.toString('base64'));
     assert.ok(verifyInclusion(3, 8, (leaves[3] as Buffer).toString('base64'), proof, tree.root().toString('base64')));
+  });
+});
+
+describe('CompactRange', () => {
+  it('joins ranges split at arbitrary points into the same roots as the tree', () => {
+    const hashes = Array.from({ length: 100 }, (_, n) => leafHash(Buffer.from(`leaf ${n}`)));
+    const tree = new MerkleTree();
+    for (const leaf of hashes) tree.append(leaf);
+    for (const cuts of [[0, 100], [0, 1, 100], [0, 7, 8, 33, 64, 99, 100], [0, 13, 50, 51, 100]]) {
+      const joined = new CompactRange(0);
+      for (let i = 0; i + 1 < cuts.length; i++) {
+        const part = new CompactRange(cuts[i]);
+        for (const leaf of hashes.slice(cuts[i], cuts[i + 1])) part.appendLeaf(leaf);
+        joined.appendRange(part.nodes());
+        assert.equal(hex(joined.root()), hex(tree.root(cuts[i + 1] as number)), `cuts ${cuts.join(',')} at ${cuts[i + 1]}`);
+      }
+    }
   });
 });

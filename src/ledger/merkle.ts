@@ -254,3 +254,55 @@ export function verifyConsistency(from: number, to: number, proof: readonly Hash
   }
   return sn === 0 && fr.equals(r1) && sr.equals(r2);
 }
+
+/**
+ * The perfect subtrees that cover leaves [begin, end) (a "compact range", as in transparency-dev/merkle), enough to
+ * compute the root of [0, end) when begin is 0, and to extend a range with the nodes of the range that follows it.
+ * Verification uses it to hash segments on separate threads and join them in order with O(log n) work each.
+ */
+export class CompactRange {
+  private readonly stack: { level: number; start: number; hash: Buffer }[] = [];
+  private endIndex: number;
+
+  constructor(readonly begin = 0) {
+    this.endIndex = begin;
+  }
+
+  get end(): number {
+    return this.endIndex;
+  }
+
+  appendLeaf(leaf: Buffer): void {
+    this.appendNode(0, leaf);
+  }
+
+  /** Appends the perfect subtree of height `level` that starts at `end` (which must be a multiple of 2^level). */
+  appendNode(level: number, hash: Buffer): void {
+    let node = { level, start: this.endIndex, hash };
+    this.endIndex += 2 ** level;
+    for (let top = this.stack.at(-1); top !== undefined && top.level === node.level && top.start % 2 ** (node.level + 1) === 0; top = this.stack.at(-1)) {
+      this.stack.pop();
+      node = { level: node.level + 1, start: top.start, hash: nodeHash(top.hash, node.hash) };
+    }
+    this.stack.push(node);
+  }
+
+  /** Appends every node of `next`, which must begin where this range ends. */
+  appendRange(next: readonly { level: number; hash: Buffer }[]): void {
+    for (const node of next) this.appendNode(node.level, node.hash);
+  }
+
+  nodes(): { level: number; hash: Buffer }[] {
+    return this.stack.map(({ level, hash }) => ({ level, hash }));
+  }
+
+  /** MTH(D[0:end]); only meaningful for a range that begins at 0. */
+  root(): Buffer {
+    let root: Buffer | undefined;
+    for (let i = this.stack.length - 1; i >= 0; i--) {
+      const node = (this.stack[i] as { hash: Buffer }).hash;
+      root = root === undefined ? node : nodeHash(node, root);
+    }
+    return root ?? EMPTY_ROOT;
+  }
+}

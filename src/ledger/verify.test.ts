@@ -92,6 +92,15 @@ describe('verifyDataDir', () => {
     assert.equal(segmentNames.length, 3, 'one segment per batch: a batch never spans segments');
   });
 
+  it('gives the same verdicts scanning in process (no worker threads)', async () => {
+    const inProcess = await verifyDataDir(pristine, { workers: 0 });
+    assert.equal(inProcess.ok, true);
+    assert.deepEqual(inProcess.organizations, (await verifyDataDir(pristine)).organizations);
+    const dir = await copyOf(pristine);
+    await unlink(segmentPath(dir, segmentNames[1] as string));
+    assert.equal((await verifyDataDir(dir, { workers: 0 })).failure?.code, 'SEQUENCE_GAP');
+  });
+
   const cases: TamperCase[] = [
     {
       name: 'a flipped byte in an entry',

@@ -5,15 +5,19 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { LedgerError, type LedgerErrorCode } from './errors.ts';
 import { ARCHIVE_VERIFIER_KEY, DirectoryArchiveTarget, manifestKey, sha256Hex, type ArchiveTarget, type SegmentManifest } from './archive.ts';
 import { loadVerifier, readLedgerMeta, VERIFIER_KEY_FILE } from './keys.ts';
-import { leafHash, MerkleTree } from './merkle.ts';
+import { CompactRange, leafHash } from './merkle.ts';
+import { ScanPool } from './scan-pool.ts';
+import type { ScannedSegment } from './verify-worker.ts';
 import { parseVerifierKey, type NoteVerifier } from './note.ts';
 import { CHECKPOINT_HISTORY, readCheckpointHistory } from './org-log.ts';
-import { scanSegment, scanSegmentBytes, segmentFirstIndex, type RecordProblem } from './segment.ts';
+import { scanSegmentBytes, segmentFirstIndex, type RecordProblem } from './segment.ts';
 
 export interface VerifyOptions {
   onProgress?: (done: number, total: number) => void;
   /** Verifier key string or a file holding one; default: the key stored beside the data (trust it only if you trust the directory). */
   verifierKey?: string;
+  /** Worker threads that hash segments of a data dir in parallel (default: one per core; 0 scans in process). */
+  workers?: number;
 }
 
 export interface VerifyFailure {
@@ -63,8 +67,13 @@ export async function verifyDataDir(dir: string, options: VerifyOptions = {}): P
       total += checkpoints.at(-1)?.treeSize ?? 0;
     }
     const progress = progressReporter(options, report, () => Math.max(total, report.entries));
-    for (const org of orgs) {
-      report.organizations.push(await verifyOrgDir(join(dir, 'orgs', org), org, histories.get(org) ?? [], report, progress));
+    const pool = new ScanPool(options.workers);
+    try {
+      for (const org of orgs) {
+        report.organizations.push(await verifyOrgDir(join(dir, 'orgs', org), org, histories.get(org) ?? [], report, progress, pool));
+      }
+    } finally {
+      await pool.close();
     }
     progress();
   } catch (err) {
@@ -88,28 +97,47 @@ async function verifiedHistory(orgDir: string, org: string, verifier: NoteVerifi
   return checkpoints.sort((a, b) => a.treeSize - b.treeSize);
 }
 
-async function verifyOrgDir(orgDir: string, org: string, checkpoints: Checkpoint[], report: VerifyReport, progress: () => void): Promise<OrganizationReport> {
+async function verifyOrgDir(orgDir: string, org: string, checkpoints: Checkpoint[], report: VerifyReport, progress: () => void, pool: ScanPool): Promise<OrganizationReport> {
   const segmentsDir = join(orgDir, 'segments');
   const names = (await readdir(segmentsDir).catch(() => [] as string[])).filter((n) => segmentFirstIndex(n) !== undefined).sort();
   const checker = new CheckpointChecker(org, checkpoints);
-  const tree = new MerkleTree();
+  const boundaries = [...new Set(checkpoints.map((c) => c.treeSize))];
+  const log = new CompactRange(0);
+  // Segments are hashed ahead on the pool; their ranges join the log strictly in order.
+  const ahead = 4;
+  const scans: Promise<ScannedSegment>[] = [];
+  const schedule = (i: number): void => {
+    const name = names[i];
+    if (name !== undefined && scans[i] === undefined) {
+      const scan = pool.scan(join(segmentsDir, name), segmentFirstIndex(name) as number, boundaries);
+      scan.catch(() => undefined);
+      scans[i] = scan;
+    }
+  };
+  for (let i = 0; i < ahead; i++) schedule(i);
   for (let i = 0; i < names.length; i++) {
     const name = names[i] as string;
-    checker.segment(name, tree.size);
-    const scan = await scanSegment(join(segmentsDir, name), tree.size, (_index, payload) => {
-      tree.append(leafHash(payload));
-      checker.reached(tree);
-      report.entries++;
-      if ((report.entries & 0xffff) === 0) progress();
-    });
+    const { scan, count, ranges } = await (scans[i] as Promise<ScannedSegment>);
+    schedule(i + ahead);
+    const firstIndex = segmentFirstIndex(name) as number;
+    if (firstIndex !== log.end) {
+      throw new LedgerError('SEQUENCE_GAP', `${org}/${name}: segment starts at entry ${firstIndex} but the log so far holds ${log.end}`, { org, segment: name, entryIndex: log.end });
+    }
+    checker.segment(name, log.end);
+    for (const range of ranges) {
+      log.appendRange(range.nodes.map((node) => ({ level: node.level, hash: Buffer.from(node.hash) })));
+      checker.reached(log);
+    }
+    report.entries += count;
+    progress();
     if (scan.problem) {
       const tornTail = i === names.length - 1 && scan.problem.incomplete && scan.problem.index >= checker.maxSize;
       if (!tornTail) throw recordFailure(org, name, scan.problem);
       report.warnings.push(`${org}/${name}: torn tail at byte ${scan.problem.offset} after entry ${scan.problem.index - 1} (never acknowledged; cut on next start)`);
     }
   }
-  checker.finish(tree, names.at(-1));
-  return { org, entries: tree.size, segments: names.length, checkpoints: checkpoints.length, treeSize: tree.size, rootHash: tree.root().toString('base64') };
+  checker.finish(log.end, names.at(-1));
+  return { org, entries: log.end, segments: names.length, checkpoints: checkpoints.length, treeSize: log.end, rootHash: log.root().toString('base64') };
 }
 
 function recordFailure(org: string, segment: string, problem: RecordProblem): LedgerError {
@@ -141,23 +169,24 @@ class CheckpointChecker {
     while (this.checkpoints[this.next]?.treeSize === 0) this.next++;
   }
 
-  reached(tree: MerkleTree): void {
+  /** Checks every checkpoint for the size `log` has reached (checkpoint sizes are range boundaries). */
+  reached(log: CompactRange): void {
     let checkpoint = this.checkpoints[this.next];
-    while (checkpoint !== undefined && checkpoint.treeSize === tree.size) {
-      if (!tree.root().equals(checkpoint.rootHash)) {
-        throw new LedgerError('ROOT_MISMATCH', `${this.org}: entries ${this.verifiedSize}..${tree.size - 1} do not hash to the root signed in the checkpoint at size ${tree.size}`, {
+    while (checkpoint !== undefined && checkpoint.treeSize === log.end) {
+      if (!log.root().equals(checkpoint.rootHash)) {
+        throw new LedgerError('ROOT_MISMATCH', `${this.org}: entries ${this.verifiedSize}..${log.end - 1} do not hash to the root signed in the checkpoint at size ${log.end}`, {
           org: this.org, segment: this.segmentHolding(this.verifiedSize), entryIndex: this.verifiedSize,
         });
       }
-      this.verifiedSize = tree.size;
+      this.verifiedSize = log.end;
       checkpoint = this.checkpoints[++this.next];
     }
   }
 
-  finish(tree: MerkleTree, lastSegment: string | undefined): void {
-    if (this.maxSize > tree.size) {
-      throw new LedgerError('TRUNCATED_LOG', `${this.org}: the log holds ${tree.size} entries but a signed checkpoint commits to ${this.maxSize}`, {
-        org: this.org, ...(lastSegment === undefined ? {} : { segment: lastSegment }), entryIndex: tree.size,
+  finish(size: number, lastSegment: string | undefined): void {
+    if (this.maxSize > size) {
+      throw new LedgerError('TRUNCATED_LOG', `${this.org}: the log holds ${size} entries but a signed checkpoint commits to ${this.maxSize}`, {
+        org: this.org, ...(lastSegment === undefined ? {} : { segment: lastSegment }), entryIndex: size,
       });
     }
   }
@@ -220,36 +249,36 @@ async function archiveVerifier(target: ArchiveTarget): Promise<NoteVerifier> {
 async function verifyArchivedOrg(
   target: ArchiveTarget, org: string, manifests: { key: string; bytes: Buffer; manifest: SegmentManifest }[], verifier: NoteVerifier, report: VerifyReport, progress: () => void,
 ): Promise<OrganizationReport> {
-  const tree = new MerkleTree();
+  const tree = new CompactRange(0);
   let previousSha256: string | null = null;
   const fault = (code: LedgerErrorCode, message: string, segment: string, entryIndex?: number): LedgerError =>
     new LedgerError(code, `${org}/${segment}: ${message}`, { org, segment, ...(entryIndex === undefined ? {} : { entryIndex }) });
   for (const { key, bytes, manifest } of manifests) {
     const name = manifest.segment?.name ?? key;
-    if (manifest.organization !== org || key !== manifestKey(org, name)) throw fault('CHAIN_BROKEN', `manifest ${key} does not belong at this place`, name, tree.size);
+    if (manifest.organization !== org || key !== manifestKey(org, name)) throw fault('CHAIN_BROKEN', `manifest ${key} does not belong at this place`, name, tree.end);
     if (manifest.previousManifestSha256 !== previousSha256) {
-      throw fault('CHAIN_BROKEN', `manifest names previous manifest ${manifest.previousManifestSha256 ?? 'none'} but the one before it hashes to ${previousSha256 ?? 'none'}`, name, tree.size);
+      throw fault('CHAIN_BROKEN', `manifest names previous manifest ${manifest.previousManifestSha256 ?? 'none'} but the one before it hashes to ${previousSha256 ?? 'none'}`, name, tree.end);
     }
-    if (manifest.segment.firstIndex !== tree.size) throw fault('CHAIN_BROKEN', `segment starts at entry ${manifest.segment.firstIndex}, expected ${tree.size}`, name, tree.size);
+    if (manifest.segment.firstIndex !== tree.end) throw fault('CHAIN_BROKEN', `segment starts at entry ${manifest.segment.firstIndex}, expected ${tree.end}`, name, tree.end);
     const object = await target.get(manifest.segment.key);
-    if (!object) throw fault('MISSING_FILE', `archived object ${manifest.segment.key} is missing`, name, tree.size);
-    if (sha256Hex(object) !== manifest.segment.objectSha256) throw fault('HASH_MISMATCH', 'compressed object does not match its manifest hash', name, tree.size);
+    if (!object) throw fault('MISSING_FILE', `archived object ${manifest.segment.key} is missing`, name, tree.end);
+    if (sha256Hex(object) !== manifest.segment.objectSha256) throw fault('HASH_MISMATCH', 'compressed object does not match its manifest hash', name, tree.end);
     let segmentBytes: Buffer;
     try {
       segmentBytes = gunzipSync(object);
     } catch (err) {
-      throw fault('HASH_MISMATCH', `object does not decompress: ${(err as Error).message}`, name, tree.size);
+      throw fault('HASH_MISMATCH', `object does not decompress: ${(err as Error).message}`, name, tree.end);
     }
-    if (sha256Hex(segmentBytes) !== manifest.segment.sha256) throw fault('HASH_MISMATCH', 'segment bytes do not match the manifest hash', name, tree.size);
-    const firstIndex = tree.size;
+    if (sha256Hex(segmentBytes) !== manifest.segment.sha256) throw fault('HASH_MISMATCH', 'segment bytes do not match the manifest hash', name, tree.end);
+    const firstIndex = tree.end;
     const { problem } = scanSegmentBytes(segmentBytes, firstIndex, (_index, payload) => {
-      tree.append(leafHash(payload));
+      tree.appendLeaf(leafHash(payload));
       report.entries++;
       if ((report.entries & 0xffff) === 0) progress();
     });
     if (problem) throw fault(problem.code, problem.reason, name, problem.index);
-    if (tree.size !== manifest.treeSize || tree.size - firstIndex !== manifest.segment.entryCount) {
-      throw fault('TRUNCATED_LOG', `segment holds ${tree.size - firstIndex} entries ending at size ${tree.size}, manifest says ${manifest.segment.entryCount} ending at ${manifest.treeSize}`, name, tree.size);
+    if (tree.end !== manifest.treeSize || tree.end - firstIndex !== manifest.segment.entryCount) {
+      throw fault('TRUNCATED_LOG', `segment holds ${tree.end - firstIndex} entries ending at size ${tree.end}, manifest says ${manifest.segment.entryCount} ending at ${manifest.treeSize}`, name, tree.end);
     }
     let checkpoint: Checkpoint;
     try {
@@ -258,12 +287,12 @@ async function verifyArchivedOrg(
       throw fault((err as LedgerError).code ?? 'BAD_CHECKPOINT', `manifest checkpoint: ${(err as Error).message}`, name, firstIndex);
     }
     const root = tree.root();
-    if (checkpoint.treeSize !== tree.size || !checkpoint.rootHash.equals(root) || manifest.rootHash !== root.toString('base64')) {
-      throw fault('ROOT_MISMATCH', `entries ${firstIndex}..${tree.size - 1} do not hash to the root in the manifest and its signed checkpoint`, name, firstIndex);
+    if (checkpoint.treeSize !== tree.end || !checkpoint.rootHash.equals(root) || manifest.rootHash !== root.toString('base64')) {
+      throw fault('ROOT_MISMATCH', `entries ${firstIndex}..${tree.end - 1} do not hash to the root in the manifest and its signed checkpoint`, name, firstIndex);
     }
     previousSha256 = sha256Hex(bytes);
   }
-  return { org, entries: tree.size, segments: manifests.length, checkpoints: manifests.length, treeSize: tree.size, rootHash: tree.root().toString('base64') };
+  return { org, entries: tree.end, segments: manifests.length, checkpoints: manifests.length, treeSize: tree.end, rootHash: tree.root().toString('base64') };
 }
 
 function progressReporter(options: VerifyOptions, report: VerifyReport, total: () => number): () => void {

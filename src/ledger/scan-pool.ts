@@ -1,0 +1,54 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { scanSegmentRanges, type ScannedSegment, type SegmentJob } from './verify-worker.ts';
+
+type Reply = (ScannedSegment & { id: number }) | { id: number; error: string };
+
+/**
+ * Scans segment files on worker threads so that hashing (the bulk of verification) uses every core; with no
+ * workers it scans in process. Workers load the TypeScript sources through tsx, as the CLI does.
+ */
+export class ScanPool {
+  private readonly workers: Worker[] = [];
+  private readonly waiting = new Map<number, { resolve: (result: ScannedSegment) => void; reject: (err: Error) => void }>();
+  private nextId = 0;
+
+  constructor(size = availableParallelism()) {
+    const tsx = import.meta.resolve('tsx/esm/api');
+    const worker = new URL('./verify-worker.ts', import.meta.url).href;
+    const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(worker)});`;
+    for (let i = 0; i < size; i++) {
+      const thread = new Worker(new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`));
+      thread.on('message', (reply: Reply) => this.settle(reply));
+      thread.on('error', (err) => this.failAll(err));
+      this.workers.push(thread);
+    }
+  }
+
+  scan(path: string, firstIndex: number, boundaries: number[]): Promise<ScannedSegment> {
+    if (this.workers.length === 0) return scanSegmentRanges(path, firstIndex, boundaries);
+    const id = this.nextId++;
+    const job: SegmentJob = { id, path, firstIndex, boundaries };
+    return new Promise((resolve, reject) => {
+      this.waiting.set(id, { resolve, reject });
+      (this.workers[id % this.workers.length] as Worker).postMessage(job);
+    });
+  }
+
+  private settle(reply: Reply): void {
+    const waiter = this.waiting.get(reply.id);
+    if (!waiter) return;
+    this.waiting.delete(reply.id);
+    if ('error' in reply) waiter.reject(new Error(reply.error));
+    else waiter.resolve(reply);
+  }
+
+  private failAll(err: Error): void {
+    for (const waiter of this.waiting.values()) waiter.reject(err);
+    this.waiting.clear();
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((worker) => worker.terminate()));
+  }
+}
