@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { canonicalForm, MAX_FILTER_LENGTH, parseFilter, QueryError } from './index.ts';
 
@@ -76,5 +77,15 @@ describe('parser', () => {
 
   it('accepts a filter of exactly the maximum length', () => {
     assert.doesNotThrow(() => parseFilter(`"${'x'.repeat(MAX_FILTER_LENGTH - 2)}"`));
+  });
+});
+
+describe('docs/query.md', () => {
+  it('every example query parses', () => {
+    const doc = readFileSync(new URL('../../docs/query.md', import.meta.url), 'utf8');
+    const examples = doc.slice(doc.indexOf('## Examples'), doc.indexOf('## How it runs'));
+    const blocks = [...examples.matchAll(/```\n([\s\S]*?)```/g)].flatMap((m) => m[1]!.split(/\n\s*\n/));
+    assert.ok(blocks.length >= 10);
+    for (const block of blocks) assert.doesNotThrow(() => parseFilter(block), block);
   });
 });
