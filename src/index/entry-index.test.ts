@@ -138,8 +138,17 @@ describe('EntryIndex', () => {
     }
   });
 
-  it('returns entries exactly as inserted', async () => {
+  it('returns entries exactly as inserted, from the JSON text the caller passes when it has one', async () => {
     const [got] = (await index.list({ organization: 'acme', filter: 'insertId = e7' })).entries;
     assert.deepEqual(got, entry(7));
+    const withText = await EntryIndex.open(':memory:');
+    try {
+      const canonical = JSON.stringify(entry(3), Object.keys(entry(3)).sort());
+      await withText.insert('acme', [{ index: 0, entry: entry(3), json: canonical }]);
+      const [row] = (await withText.list({ organization: 'acme', filter: 'jsonPayload.n = 3' })).entries;
+      assert.deepEqual(row, JSON.parse(canonical));
+    } finally {
+      await withText.close();
+    }
   });
 });

@@ -27,9 +27,11 @@ export function rankTable(path: FieldPath): readonly string[] | undefined {
 
 /** Rank of a value in a table, compared case-insensitively (by lower case, as the index stores it); -1 if absent. */
 export function rankOf(table: readonly string[], value: string): number {
-  const lower = value.toLowerCase();
-  return table.findIndex((name) => name.toLowerCase() === lower);
+  let lowered = LOWERED_TABLES.get(table);
+  if (!lowered) LOWERED_TABLES.set(table, (lowered = table.map((name) => name.toLowerCase())));
+  return lowered.indexOf(value.toLowerCase());
 }
+const LOWERED_TABLES = new WeakMap<readonly string[], string[]>();
 
 export type Scalar = string | number | boolean | null;
 
