@@ -143,7 +143,7 @@ describe('EntryIndex', () => {
     assert.deepEqual(got, entry(7));
     const withText = await EntryIndex.open(':memory:');
     try {
-      const canonical = JSON.stringify(entry(3), Object.keys(entry(3)).sort());
+      const canonical = JSON.stringify(Object.fromEntries(Object.entries(entry(3)).sort(([a], [b]) => a.localeCompare(b))));
       await withText.insert('acme', [{ index: 0, entry: entry(3), json: canonical }]);
       const [row] = (await withText.list({ organization: 'acme', filter: 'jsonPayload.n = 3' })).entries;
       assert.deepEqual(row, JSON.parse(canonical));
