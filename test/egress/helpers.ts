@@ -53,6 +53,8 @@ export async function startProxy(document: Record<string, unknown>): Promise<Run
 export interface CurlResult {
   code: number;
   status: string;
+  /** The proxy's answer to curl's CONNECT (-p, https through -x). */
+  connectStatus: string;
   body: string;
   /** curl's -w counters: bytes sent in the request (headers and body), received as headers plus decoded body. */
   uploaded: number;
@@ -64,7 +66,7 @@ export interface CurlResult {
 export async function curl(args: string[]): Promise<CurlResult> {
   const marker = '\n--curl-stats--';
   try {
-    const { stdout, stderr } = await run('curl', ['-sS', '--max-time', '10', '-w', `${marker}%{http_code} %{size_request} %{size_header} %{size_download}`, ...args], { maxBuffer: 64 * 1024 * 1024 });
+    const { stdout, stderr } = await run('curl', ['-sS', '--max-time', '10', '-w', `${marker}%{http_code} %{size_request} %{size_header} %{size_download} %{http_connect}`, ...args], { maxBuffer: 64 * 1024 * 1024 });
     return parse(stdout, stderr, 0);
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -72,8 +74,8 @@ export async function curl(args: string[]): Promise<CurlResult> {
   }
   function parse(stdout: string, stderr: string, code: number): CurlResult {
     const at = stdout.lastIndexOf(marker);
-    const [status = '000', request = '0', header = '0', download = '0'] = stdout.slice(at + marker.length).split(' ');
-    return { code, status, body: stdout.slice(0, at), uploaded: Number(request), downloaded: Number(header) + Number(download), stderr };
+    const [status = '000', request = '0', header = '0', download = '0', connectStatus = '000'] = stdout.slice(at + marker.length).split(' ');
+    return { code, status, connectStatus, body: stdout.slice(0, at), uploaded: Number(request), downloaded: Number(header) + Number(download), stderr };
   }
 }
 
@@ -157,8 +159,8 @@ export async function spawnCli(args: string[]): Promise<{ child: ChildProcess; s
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
   child.stdout!.resume();
-  await waitFor(() => /listening/.test(stderr) || child.exitCode !== null, `custos ${args.join(' ')} to start`, 20_000);
-  const listening = /listening (\S+)/.exec(stderr)?.[1] ?? '';
+  await waitFor(() => /: listening \S+\n/.test(stderr) || child.exitCode !== null, `custos ${args.join(' ')} to start`, 20_000);
+  const listening = /: listening (\S+)\n/.exec(stderr)?.[1] ?? '';
   return { child, stderr: () => stderr, listening };
 }
 

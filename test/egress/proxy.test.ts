@@ -140,6 +140,7 @@ describe('denied, with the reason recorded', () => {
       const args = row.proto === 'socks' ? ['--socks5-hostname', `${auth()}@${run.socks5}`] : ['-p', '-x', `http://${auth()}@${run.http}`];
       const result = await curl([...args, row.target()]);
       assert.notEqual(result.code, 0, 'curl must fail');
+      if (row.proto !== 'socks') assert.equal(result.connectStatus, row.reason === 'dns_failure' || row.reason === 'connect_refused' ? '502' : '403');
       const record = await lastRecord(before);
       assert.equal(record.response_flags, 'failed');
       assert.equal(record.failure_reason, row.reason, record.failure_detail);
