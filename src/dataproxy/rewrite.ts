@@ -56,8 +56,36 @@ type Scope = ReadonlySet<string>;
 const isObject = (v: unknown): v is Node => typeof v === 'object' && v !== null && !Array.isArray(v);
 const strings = (list: unknown): string[] => (Array.isArray(list) ? list.map((n) => String((n as { String?: { sval?: string } }).String?.sval ?? '')) : []);
 
+/** Column types whose `=` operator is leakproof in PostgreSQL (cannot raise an error that depends on the row). */
+const LEAKPROOF_EQUALITY = /^(smallint|integer|bigint|numeric(\(.*\))?|text|character varying(\(\d+\))?|character(\(\d+\))?|boolean|date|timestamp( with(out)? time zone)?|uuid)$/;
+
+/** `column = constant|parameter` conjuncts of a WHERE clause, with the column's name. */
+function equalityConjuncts(where: unknown, alias: string): { column: string; value: Node }[] {
+  if (!isObject(where)) return [];
+  const bool = where['BoolExpr'] as Node | undefined;
+  if (bool) return bool['boolop'] === 'AND_EXPR' ? (bool['args'] as unknown[]).flatMap((a) => equalityConjuncts(a, alias)) : [];
+  const expr = where['A_Expr'] as Node | undefined;
+  if (!expr || expr['kind'] !== 'AEXPR_OP' || strings(expr['name']).join('.') !== '=') return [];
+  for (const [col, val] of [[expr['lexpr'], expr['rexpr']], [expr['rexpr'], expr['lexpr']]] as const) {
+    const ref = isObject(col) ? (col['ColumnRef'] as Node | undefined) : undefined;
+    const fields = ref ? (ref['fields'] as Node[]) : [];
+    if (!ref || !fields.every((f) => 'String' in f)) continue;
+    const names = strings(fields);
+    if (names.length === 2 && names[0] !== alias) continue;
+    if (names.length > 2) continue;
+    const constant = isObject(val) && (('A_Const' in val && !(val['A_Const'] as Node)['isnull']) || 'ParamRef' in val);
+    if (constant) return [{ column: names[names.length - 1]!, value: val as Node }];
+  }
+  return [];
+}
+
 class StatementRewriter {
   changed = false;
+  /**
+   * Equality predicates of a single-table SELECT on a filtered table that may also run inside the filter fence,
+   * so an index on them is used (they are leakproof, so running before the row filter reveals nothing).
+   */
+  private readonly pushdown = new Map<Node, { column: string; value: Node }[]>();
   readonly tables = new Map<string, TablePlan>();
   readonly relations: Relation[] = [];
 
@@ -135,9 +163,17 @@ class StatementRewriter {
           case 'DeleteStmt':
           case 'MergeStmt':
             throw refuse('data-modifying statements are not allowed for masked users');
-          case 'SelectStmt':
+          case 'SelectStmt': {
             if (body['intoClause'] || body['lockingClause']) throw refuse('SELECT INTO / FOR UPDATE is not allowed for masked users');
+            const from = body['fromClause'] as Node[] | undefined;
+            const rv = from?.length === 1 ? (from[0]!['RangeVar'] as Node | undefined) : undefined;
+            if (rv) {
+              const alias = String((rv['alias'] as Node | undefined)?.['aliasname'] ?? rv['relname']);
+              const conjuncts = equalityConjuncts(body['whereClause'], alias);
+              if (conjuncts.length > 0) this.pushdown.set(rv, conjuncts);
+            }
             break;
+          }
         }
       }
     }
@@ -186,7 +222,9 @@ class StatementRewriter {
       if (position !== 'from') throw refuse(`protected table ${key} cannot be read here (only in FROM and JOIN)`);
       this.tables.set(key, plan);
       this.changed = true;
-      return { RangeSubselect: { subquery: this.ctx.maskedRelation(plan), alias: rv['alias'] ?? { aliasname: rel.name } } };
+      const subquery = this.ctx.maskedRelation(plan);
+      if (plan.filters.length > 0 || plan.denyAll) this.pushIntoFence(subquery, plan, rv);
+      return { RangeSubselect: { subquery, alias: rv['alias'] ?? { aliasname: rel.name } } };
     }
     if (rel.ancestors.some((a) => this.ctx.resolution.plans.has(a))) throw refuse(`${key} inherits rows from a protected table`);
     if (SYSTEM_SCHEMAS.has(rel.schema)) {
@@ -197,6 +235,23 @@ class StatementRewriter {
     }
     if (rel.kind !== 'r' && rel.kind !== 'p') throw refuse(`${key} is a ${rel.kind === 'v' ? 'view' : rel.kind === 'm' ? 'materialized view' : rel.kind === 'f' ? 'foreign table' : 'sequence'} the proxy cannot see through`);
     return { RangeVar: rv };
+  }
+
+  private pushIntoFence(subquery: Node, plan: TablePlan, rv: Node): void {
+    const columns = this.ctx.catalog.columnsOf(plan.key) ?? [];
+    const safe = (this.pushdown.get(rv) ?? []).filter(({ column }) => {
+      const rule = plan.fields.get(column);
+      const type = columns.find((c) => c.name === column)?.type;
+      return type !== undefined && LEAKPROOF_EQUALITY.test(type) && (!rule || 'retain' in rule.transformation);
+    });
+    if (safe.length === 0) return;
+    const outer = subquery['SelectStmt'] as Node;
+    const inner = ((outer['fromClause'] as Node[])[0]!['RangeSubselect'] as Node)['subquery'] as Node;
+    const select = inner['SelectStmt'] as Node;
+    const added = safe.map(({ column, value }) => ({
+      A_Expr: { kind: 'AEXPR_OP', name: [{ String: { sval: '=' } }], lexpr: { ColumnRef: { fields: [{ String: { sval: column } }] } }, rexpr: structuredClone(value) },
+    }));
+    select['whereClause'] = { BoolExpr: { boolop: 'AND_EXPR', args: [select['whereClause'], ...added] } };
   }
 
   /** Column listings (pg_attribute, information_schema.columns) without the fields a policy drops. */

@@ -17,6 +17,7 @@ import type { ProxyContext } from './proxy.ts';
 import type { Principal, Resolution } from './policy.ts';
 import type { PolicyConfig } from './config.ts';
 import { rewriteQuery, UnknownRelationError, type RewriteResult } from './rewrite.ts';
+import { fillTemplate, templateOf } from './literals.ts';
 import { ScramServerExchange, SCRAM_MECHANISM, createVerifier } from './scram.ts';
 import { FORWARDED_PARAMETERS, type UpstreamSession } from './upstream.ts';
 import {
@@ -298,7 +299,21 @@ export class Session {
     return withPolicies(current);
   }
 
+  /** Simple-protocol statements differing only in literals share one cached rewrite (see literals.ts). */
   private rewriteWith(sql: string, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
+    const template = templateOf(sql);
+    if (!template) return this.cachedRewrite(sql, resolution, version, mayRefresh);
+    const fill = (o: Outcome): Outcome | Promise<Outcome> => {
+      if (!o.ok) return o.sqlstate === '42601' ? this.cachedRewrite(sql, resolution, version, mayRefresh) : o;
+      if (!o.result.changed) return { ok: true, result: { ...o.result, sql } };
+      const filled = fillTemplate(o.result.sql, template.literals);
+      return filled === undefined ? this.cachedRewrite(sql, resolution, version, mayRefresh) : { ok: true, result: { ...o.result, sql: filled } };
+    };
+    const outcome = this.cachedRewrite(template.text, resolution, version, mayRefresh);
+    return outcome instanceof Promise ? outcome.then(fill) : fill(outcome);
+  }
+
+  private cachedRewrite(sql: string, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
     const key = `${this.principal!.name}\0${version}\0${this.ctx.catalog.generation}\0${sql}`;
     const cached = this.ctx.cache.get(key) as Outcome | undefined;
     if (cached) return cached;
@@ -307,7 +322,7 @@ export class Session {
       outcome = { ok: true, result: rewriteQuery(sql, this.ctx.rewriteContext(resolution, this.principal!, version)) };
     } catch (err) {
       if (err instanceof UnknownRelationError && mayRefresh) {
-        return this.ctx.catalog.refresh().then(() => this.rewriteWith(sql, resolution, version, false));
+        return this.ctx.catalog.refresh().then(() => this.cachedRewrite(sql, resolution, version, false));
       }
       if (err instanceof DataProxyError && err.code === 'SYNTAX') {
         // Unmasked: the database reports its own syntax error. Masked: what the proxy cannot parse it cannot check.

@@ -1,0 +1,171 @@
+/**
+ * `pgbench -S` at 8 clients in the three query modes, side by side in one run: direct to PostgreSQL, through
+ * pgbouncer (Debian's, session pooling, on a loopback port in a temp dir), through Custos with no protected table
+ * touched, through Custos with a masking policy on pgbench_accounts, and with a masking policy plus a row filter.
+ *
+ *   node --import tsx bench/dataproxy-pgbench.ts [--seconds 30] [--clients 8] [--scale 1]
+ *
+ * Needs PostgreSQL on 127.0.0.1:5432 (trust) and `apt-get install -y pgbouncer`. Prints a markdown table.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import { stringify } from 'yaml';
+
+const run = promisify(execFile);
+const arg = (name: string, fallback: number): number => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+};
+const SECONDS = arg('seconds', 30);
+const CLIENTS = arg('clients', 8);
+const SCALE = arg('scale', 1);
+const MODES = ['simple', 'extended', 'prepared'] as const;
+const DB = `dp_bench_${process.pid}`;
+const ADMIN = 'postgres://postgres@127.0.0.1:5432/test';
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((resolve) => s.listen(0, '127.0.0.1', resolve));
+  const port = (s.address() as { port: number }).port;
+  await new Promise<void>((resolve) => s.close(() => resolve()));
+  return port;
+}
+
+async function sql(url: string, text: string): Promise<void> {
+  const c = new pg.Client({ connectionString: url });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    await c.query(text);
+  } finally {
+    await c.end();
+  }
+}
+
+async function waitForPort(port: number, proc: ChildProcess): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (proc.exitCode !== null) throw new Error(`process exited with ${proc.exitCode}`);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = createServer();
+      s.once('error', () => resolve(true));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(false)));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
+async function pgbenchTps(conn: string, mode: string, env: Record<string, string> = {}): Promise<number> {
+  const { stdout } = await run('pgbench', ['-n', '-S', '-M', mode, '-c', String(CLIENTS), '-j', '2', '-T', String(SECONDS), conn], {
+    env: { ...process.env, ...env }, timeout: (SECONDS + 60) * 1000,
+  });
+  const m = /tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)/.exec(stdout);
+  if (!m) throw new Error(`no tps in pgbench output:\n${stdout}`);
+  return Number(m[1]);
+}
+
+function proxyConfig(policies: unknown[]): string {
+  return stringify({
+    catalog: 'bench',
+    tenant: 'bench',
+    dataPlane: { id: 'dp-bench' },
+    audit: { verbose: false },
+    tokenization: { secret: 'bench-tokenization-secret-0123456789' },
+    users: [{ name: 'bench', password: 'bench', groups: ['analysts'] }],
+    policies,
+  });
+}
+
+const ACCOUNTS = (filter: boolean) => [{
+  id: 'p-accounts', name: 'accounts',
+  rules: [
+    { id: 'r-filler', name: 'tokenize filler', condition: { groups: ['analysts'] }, fields: [{ schema: 'public', table: 'pgbench_accounts', field: 'filler' }],
+      transformation: { regex: { regex: '[a-z]{12}', consistent: true } } },
+    { id: 'r-balance', name: 'keep balances', condition: { groups: ['analysts'] }, fields: [{ schema: 'public', table: 'pgbench_accounts', field: 'abalance' }],
+      transformation: { retain: {} } },
+  ],
+  filters: filter ? [{ schema: 'public', table: 'pgbench_accounts', field: 'bid', expression: 'bid > 0' }] : [],
+}];
+const UNTOUCHED = [{
+  id: 'p-other', name: 'other table',
+  rules: [{ id: 'r-1', name: 'mask', condition: { groups: ['analysts'] }, fields: [{ schema: 'public', table: 'bench_secret', field: 'v' }], transformation: { redactWithNull: {} } }],
+  filters: [],
+}];
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'dp-bench-'));
+  chmodSync(dir, 0o777);
+  const children: ChildProcess[] = [];
+  try {
+    await sql(ADMIN, `CREATE DATABASE ${DB}`);
+    const dbUrl = `postgres://postgres@127.0.0.1:5432/${DB}`;
+    await run('pgbench', ['-i', '-q', '-s', String(SCALE), dbUrl], { timeout: 300_000 });
+    await sql(dbUrl, 'CREATE TABLE bench_secret (v text)');
+
+    // pgbouncer: session pooling (one server connection per client, like the proxy), on its own port.
+    const bouncerPort = await freePort();
+    writeFileSync(join(dir, 'pgbouncer.ini'), [
+      '[databases]', `${DB} = host=127.0.0.1 port=5432 dbname=${DB} user=postgres`,
+      '[pgbouncer]', `listen_addr = 127.0.0.1`, `listen_port = ${bouncerPort}`, 'auth_type = any', 'pool_mode = session',
+      'max_client_conn = 200', `default_pool_size = ${CLIENTS * 2}`, `unix_socket_dir =`, `logfile = ${join(dir, 'pgbouncer.log')}`,
+      `pidfile = ${join(dir, 'pgbouncer.pid')}`, 'ignore_startup_parameters = extra_float_digits',
+    ].join('\n'));
+    chmodSync(join(dir, 'pgbouncer.ini'), 0o644);
+    const bouncer = spawn('pgbouncer', ['-u', 'postgres', join(dir, 'pgbouncer.ini')], { stdio: 'ignore' });
+    children.push(bouncer);
+    await waitForPort(bouncerPort, bouncer);
+
+    const proxies: Record<string, string> = {};
+    for (const [name, policies] of [['custos', UNTOUCHED], ['custos-masked', ACCOUNTS(false)], ['custos-masked-filtered', ACCOUNTS(true)]] as const) {
+      const port = await freePort();
+      writeFileSync(join(dir, `${name}.yaml`), proxyConfig(policies as unknown[]));
+      const child = spawn(process.execPath, ['bin/custos.js', 'dataproxy', '--config', join(dir, `${name}.yaml`), '--upstream', dbUrl,
+        '--listen', `127.0.0.1:${port}`, '--log-file', join(dir, `${name}-events.ndjson`)], { stdio: 'ignore', env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' } });
+      children.push(child);
+      await waitForPort(port, child);
+      proxies[name] = `postgresql://bench:bench@127.0.0.1:${port}/${DB}?sslmode=disable`;
+    }
+
+    const targets: [string, string][] = [
+      ['direct', `${dbUrl}?sslmode=disable`],
+      ['pgbouncer', `postgresql://postgres@127.0.0.1:${bouncerPort}/${DB}?sslmode=disable`],
+      ['Custos, no protected table touched', proxies['custos']!],
+      ['Custos, masking policy on pgbench_accounts', proxies['custos-masked']!],
+      ['Custos, masking + row filter on pgbench_accounts', proxies['custos-masked-filtered']!],
+    ];
+    const tps: Record<string, Record<string, number>> = {};
+    for (const mode of MODES) {
+      for (const [name, conn] of targets) {
+        process.stderr.write(`pgbench -S -M ${mode} ${name} (${SECONDS}s)…\n`);
+        (tps[name] ??= {})[mode] = await pgbenchTps(conn, mode);
+      }
+    }
+    const bouncerTps = tps['pgbouncer']!;
+    const plain = tps['Custos, no protected table touched']!;
+    const lines = [
+      `pgbench -S, ${CLIENTS} clients, 2 threads, ${SECONDS} s per cell, scale ${SCALE}; tps (excluding connection set-up)`,
+      '',
+      '| target | simple | extended | prepared | vs pgbouncer (s/e/p) | vs Custos unmasked (s/e/p) |',
+      '| --- | ---: | ---: | ---: | --- | --- |',
+    ];
+    for (const [name] of targets) {
+      const t = tps[name]!;
+      const ratio = (base: Record<string, number>) => MODES.map((m) => `${((100 * t[m]!) / base[m]!).toFixed(0)} %`).join(' / ');
+      lines.push(`| ${name} | ${MODES.map((m) => t[m]!.toFixed(0)).join(' | ')} | ${ratio(bouncerTps)} | ${name.startsWith('Custos') ? ratio(plain) : ''} |`);
+    }
+    process.stdout.write(lines.join('\n') + '\n');
+  } finally {
+    for (const c of children) c.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 500));
+    await sql(ADMIN, `DROP DATABASE IF EXISTS ${DB} WITH (FORCE)`).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
