@@ -32,10 +32,16 @@ describe('canonicalJson (RFC 8785)', () => {
   ];
   for (const [name, value, expected] of rows) it(name, () => assert.equal(canonicalJson(value), expected));
 
+  it('accepts the text of an escape (backslash, u, d, 8, …) and paired surrogates', () => {
+    assert.equal(canonicalJson({ s: '\\ud800', e: '\ud83d\ude00' }), '{"e":"\ud83d\ude00","s":"\\\\ud800"}');
+  });
+
   const refused: [string, unknown][] = [
     ['NaN', { n: Number.NaN }],
     ['Infinity', [Number.POSITIVE_INFINITY]],
     ['a lone surrogate', { s: 'a\ud800b' }],
+    ['a lone surrogate in a member name', { ['k\udc00']: 1 }],
+    ['a lone surrogate deep in an array', [[{ s: ['\udbff'] }]]],
     ['a bigint', { n: 1n }],
   ];
   for (const [name, value] of refused) {

@@ -1,8 +1,9 @@
 import { LedgerError } from './errors.ts';
 
 const MAX_DEPTH = 512;
-// Any surrogate code unit (cheap test), then the exact test for an unpaired one only when there is one.
-const ANY_SURROGATE = /[\ud800-\udfff]/;
+// JSON.stringify writes a lone surrogate as a \udXXX escape (ES2019 well-formed JSON.stringify), so one search of
+// the output finds the rare candidates and only then are the strings checked exactly.
+const ESCAPED_SURROGATE = /\\ud[89a-f]/i;
 const LONE_SURROGATE = /\p{Cs}/u;
 // Member names repeat across entries (`insertId`, `logName`, …): their serialized form is kept, up to a bound.
 const quotedNames = new Map<string, string>();
@@ -14,18 +15,26 @@ const MAX_QUOTED_NAMES = 10_000;
  * JSON.stringify does (RFC 8785 §3.2.2). Values JSON cannot represent are refused rather than guessed.
  */
 export function canonicalJson(value: unknown): string {
-  return serialize(value, 0);
+  const json = serialize(value, 0);
+  if (ESCAPED_SURROGATE.test(json) && hasLoneSurrogate(value, 0)) {
+    throw new LedgerError('INVALID_ENTRY', 'string contains a lone surrogate (not I-JSON, RFC 8785 §3.2.2.2)');
+  }
+  return json;
 }
 
-function quoteString(value: string): string {
-  if (ANY_SURROGATE.test(value) && LONE_SURROGATE.test(value)) throw new LedgerError('INVALID_ENTRY', 'string contains a lone surrogate (not I-JSON, RFC 8785 §3.2.2.2)');
-  return JSON.stringify(value);
+function hasLoneSurrogate(value: unknown, depth: number): boolean {
+  if (typeof value === 'string') return LONE_SURROGATE.test(value);
+  if (typeof value !== 'object' || value === null || depth > MAX_DEPTH) return false;
+  const toJSON = (value as { toJSON?: unknown }).toJSON;
+  if (typeof toJSON === 'function') return hasLoneSurrogate(toJSON.call(value), depth + 1);
+  if (Array.isArray(value)) return value.some((element) => hasLoneSurrogate(element, depth + 1));
+  return Object.entries(value).some(([name, member]) => LONE_SURROGATE.test(name) || hasLoneSurrogate(member, depth + 1));
 }
 
 function quoteName(name: string): string {
   let quoted = quotedNames.get(name);
   if (quoted === undefined) {
-    quoted = quoteString(name);
+    quoted = JSON.stringify(name);
     if (quotedNames.size < MAX_QUOTED_NAMES) quotedNames.set(name, quoted);
   }
   return quoted;
@@ -34,7 +43,7 @@ function quoteName(name: string): string {
 const omitted = (value: unknown): boolean => value === undefined || typeof value === 'function' || typeof value === 'symbol';
 
 function serialize(value: unknown, depth: number): string {
-  if (typeof value === 'string') return quoteString(value);
+  if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new LedgerError('INVALID_ENTRY', `number ${value} has no JSON form`);
     return JSON.stringify(value);

@@ -120,7 +120,8 @@ export class OrgLog {
       const scan = await scanSegment(path, firstIndex, (_index, payload) => log.tree.append(leafHash(payload)));
       if (scan.problem) {
         const checkpointed = lastCheckpoint?.treeSize ?? 0;
-        if (!isLast || scan.problem.index < checkpointed) {
+        // Only the shape a crash leaves (the file ends inside the last record) past every checkpoint is cut.
+        if (!isLast || !scan.problem.incomplete || scan.problem.index < checkpointed) {
           throw new LedgerError(scan.problem.code, `${org}/${name} at byte ${scan.problem.offset}: ${scan.problem.reason}; run custos verify`, { org, segment: name, entryIndex: scan.problem.index });
         }
         await log.cutTornTail(path, name, scan.validLength, scan.fileLength, scan.problem.reason);
