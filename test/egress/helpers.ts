@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import { connect, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -144,6 +144,51 @@ export async function startHalfCloseOrigin(): Promise<Origin> {
   trackBytes(server, connections);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   return { port: (server.address() as { port: number }).port, connections, close: () => closeServer(server) };
+}
+
+/** Echoes every chunk back: an interactive tunnel that stays open until the client ends it. */
+export async function startEchoOrigin(): Promise<Origin> {
+  const connections: Origin['connections'] = [];
+  const server = createNetServer((socket) => {
+    socket.on('error', () => {});
+    socket.pipe(socket);
+  });
+  trackBytes(server, connections);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { port: (server.address() as { port: number }).port, connections, close: () => closeServer(server) };
+}
+
+/** Opens a CONNECT tunnel by hand and resolves with the socket once the proxy answered 200. */
+export async function openTunnel(proxy: string, target: string, credentials = auth()): Promise<Socket> {
+  const [host, port] = [proxy.slice(0, proxy.lastIndexOf(':')), Number(proxy.slice(proxy.lastIndexOf(':') + 1))];
+  const socket = connect(port, host);
+  socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n\r\n`);
+  const head = await readUntil(socket, (text) => text.includes('\r\n\r\n'));
+  if (!head.startsWith('HTTP/1.1 200')) {
+    socket.destroy();
+    throw new Error(`proxy answered ${head.split('\r\n')[0]}`);
+  }
+  return socket;
+}
+
+/** Reads from a socket until `done(text)` or the socket ends; bounded by a timeout. */
+export function readUntil(socket: Socket, done: (text: string) => boolean, timeoutMs = 5000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const timer = setTimeout(() => finish(new Error(`no complete answer within ${timeoutMs} ms (got ${JSON.stringify(text.slice(0, 200))})`)), timeoutMs);
+    const onData = (c: Buffer): void => {
+      text += c.toString('latin1');
+      if (done(text)) finish();
+    };
+    const onEnd = (): void => finish();
+    const finish = (err?: Error): void => {
+      clearTimeout(timer);
+      socket.off('data', onData).off('end', onEnd).off('close', onEnd);
+      if (err) reject(err);
+      else resolve(text);
+    };
+    socket.on('data', onData).once('end', onEnd).once('close', onEnd).on('error', () => {});
+  });
 }
 
 function closeServer(server: HttpServer | NetServer): Promise<void> {

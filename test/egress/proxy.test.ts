@@ -2,11 +2,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { connect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import type { EgressRecord } from '../../src/model/index.ts';
-import { auth, curl, selfSignedCert, startHalfCloseOrigin, startHttpOrigin, startHttpsOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
+import { auth, curl, openTunnel, selfSignedCert, startHalfCloseOrigin, startHttpOrigin, startHttpsOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
 
 // End to end with the real curl through CONNECT (-p -x), plain HTTP forwarding (-x) and SOCKS5 (--socks5-hostname,
 // --socks5) to HTTP and HTTPS origins on loopback. Loopback is refused by default, so the policy names it by CIDR,
@@ -168,28 +167,9 @@ describe('denied, with the reason recorded', () => {
   });
 });
 
-/** A CONNECT tunnel opened by hand, for what curl cannot show (half-close, a forged SNI). */
-async function openTunnel(target: string, credentials = auth()): Promise<Socket> {
-  const socket = connect(Number(run.http.split(':')[1]), '127.0.0.1');
-  socket.write(`CONNECT ${target} HTTP/1.1\r\nHost: ${target}\r\nProxy-Authorization: Basic ${Buffer.from(credentials).toString('base64')}\r\n\r\n`);
-  const head = await new Promise<string>((resolve, reject) => {
-    let text = '';
-    const onData = (c: Buffer): void => {
-      text += c.toString('latin1');
-      if (text.includes('\r\n\r\n')) {
-        socket.off('data', onData);
-        resolve(text);
-      }
-    };
-    socket.on('data', onData).once('error', reject);
-  });
-  assert.match(head, /^HTTP\/1\.1 200/);
-  return socket;
-}
-
 test('half-close: the client ends its side and still receives the answer', async () => {
   const before = run.records.length;
-  const socket = await openTunnel(`127.0.0.1:${halfClose.port}`);
+  const socket = await openTunnel(run.http, `127.0.0.1:${halfClose.port}`);
   const answer = new Promise<string>((resolve) => {
     let text = '';
     socket.on('data', (c: Buffer) => (text += c.toString('latin1'))).on('end', () => resolve(text));
@@ -217,7 +197,7 @@ describe('require_sni (domain-fronting guard)', () => {
   test('a ClientHello naming another host is stopped before anything is dialled', async () => {
     const before = run.records.length;
     const seen = https.connections.length;
-    const socket = await openTunnel(`api.partner.test:${https.port}`, auth('fronted', 'pw'));
+    const socket = await openTunnel(run.http, `api.partner.test:${https.port}`, auth('fronted', 'pw'));
     const secure = tlsConnect({ socket, servername: 'fronted.example.com', rejectUnauthorized: false });
     await new Promise<void>((resolve) => secure.once('error', () => resolve()).once('close', () => resolve()));
     const record = await lastRecord(before);
