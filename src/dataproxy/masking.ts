@@ -1,12 +1,16 @@
 /**
  * A protected table's masked and filtered form, as SQL the upstream database evaluates:
  *
- *   SELECT <masked column>… FROM (SELECT row.*, <token hashes> FROM schema.table AS row WHERE <filters> OFFSET 0) AS row
+ *   SELECT <masked column>…
+ *   FROM (SELECT * FROM schema.table AS row WHERE <filters> OFFSET 0) AS row,
+ *        LATERAL (SELECT <token hash>… OFFSET 0) AS hash
  *
  * The inner query applies the record-level filters; `OFFSET 0` keeps the planner from pushing the user's own
  * predicates below them (the "leaky view" problem: a user function that raises on a value would otherwise see
- * filtered rows). The outer list applies each field's transformation, so the user's query only ever sees masked
- * values. Dropped fields are simply absent.
+ * filtered rows). Without filters the table is read directly, so the user's predicates on retained columns reach
+ * its indexes. The lateral subquery computes each row's token hashes once (its own `OFFSET 0` stops the planner
+ * from copying the hash expression into every character of the token). The outer list applies each field's
+ * transformation, so the user's query only ever sees masked values. Dropped fields are simply absent.
  */
 import { createHmac } from 'node:crypto';
 import type { Column } from './catalog.ts';
@@ -16,6 +20,7 @@ import { identifier, literal } from './sql.ts';
 import { compileTokenPattern, tokenBytes, tokenFromBytes, tokenSql } from './tokens.ts';
 
 const ROW = '"__custos_row"';
+const HASH = '"__custos_hash"';
 const NUMERIC_TYPES = /^(smallint|integer|bigint|real|double precision|numeric(\(.*\))?)$/;
 
 export interface MaskingKeys {
@@ -85,7 +90,7 @@ class MaskBuilder {
         const name = `"__custos_h${this.hashes.length}"`;
         const group = p.consistencyGroupId ?? `${this.plan.key}.${column.name}`;
         this.hashes.push(`${hmacSql(groupKey(this.keys, group), value)} AS ${name}`);
-        hash = widen(`${ROW}.${name}`, need);
+        hash = widen(`${HASH}.${name}`, need);
       } else {
         hash = widen(`pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.random()::text || pg_catalog.clock_timestamp()::text, 'UTF8'))`, need);
       }
@@ -127,8 +132,9 @@ export function maskedRelationSql(plan: TablePlan, columns: Column[], keys: Mask
     if (sql !== undefined) outputs.push(`${sql} AS ${identifier(column.name)}`);
   }
   const where = plan.denyAll ? 'false' : plan.filters.map((f) => `(${f.expression})`).join(' AND ');
-  const inner = `SELECT ${[`${ROW}.*`, ...builder.hashes].join(', ')} FROM ${identifier(plan.schema)}.${identifier(plan.table)} AS ${ROW}` +
-    (where ? ` WHERE ${where} OFFSET 0` : '');
+  const table = `${identifier(plan.schema)}.${identifier(plan.table)} AS ${ROW}`;
+  const rows = where ? `(SELECT * FROM ${table} WHERE ${where} OFFSET 0) AS ${ROW}` : table;
+  const hashes = builder.hashes.length > 0 ? `, LATERAL (SELECT ${builder.hashes.join(', ')} OFFSET 0) AS ${HASH}` : '';
   if (outputs.length === 0) outputs.push('NULL::text AS "__custos_no_visible_fields"');
-  return `SELECT ${outputs.join(', ')} FROM (${inner}) AS ${ROW}`;
+  return `SELECT ${outputs.join(', ')} FROM ${rows}${hashes}`;
 }

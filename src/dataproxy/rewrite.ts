@@ -97,7 +97,7 @@ class StatementRewriter {
       case 'SelectStmt':
         if (body['intoClause']) throw refuse('SELECT INTO writes a table and is not allowed for masked users');
         if (body['lockingClause']) throw refuse('SELECT … FOR UPDATE/SHARE locks rows and is not allowed for masked users');
-        return { SelectStmt: this.visit(body, new Set(), 'other') };
+        return this.visit(stmt, new Set(), 'other');
       case 'DeclareCursorStmt':
       case 'PrepareStmt': {
         const query = body['query'] as Node;
