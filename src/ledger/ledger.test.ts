@@ -66,6 +66,17 @@ describe('Ledger', () => {
     assert.equal(report.entries, 27);
   });
 
+  it('stores canonical JSON given by the caller as is, and refuses appends after close', async () => {
+    const dir = await tempDir();
+    const ledger = await Ledger.open({ dir });
+    const canonical = canonicalJson(sampleEntry(7));
+    await ledger.appendCanonical('acme', [canonical, Buffer.from(canonicalJson(sampleEntry(8)))]);
+    assert.equal(ledger.leafHash('acme', 0), leafHash(Buffer.from(canonical)).toString('base64'));
+    assert.deepEqual((await collect(ledger.read('acme'))).map((r) => r.entry), [sampleEntry(7), sampleEntry(8)]);
+    await ledger.close();
+    await assert.rejects(ledger.append('acme', [sampleEntry(9)]), code('CLOSED'));
+  });
+
   it('keeps the signing key private (mode 0600) and serves a C2SP verifier key', async () => {
     const dir = await tempDir();
     const ledger = await Ledger.open({ dir });

@@ -5,6 +5,7 @@ import { componentLogger } from '../telemetry/index.ts';
 import { archiveSealedSegments, archiveTargetOf, type ArchiveTarget } from './archive.ts';
 import { canonicalJson } from './canonical.ts';
 import { assertOrganization, LedgerError } from './errors.ts';
+import { syncDirectory } from './fsutil.ts';
 import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
 import { EMPTY_ROOT } from './merkle.ts';
 import { verifierKeyString, type NoteSigner } from './note.ts';
@@ -65,6 +66,7 @@ export class Ledger {
     const dir = options.dir;
     try {
       await mkdir(join(dir, 'orgs'), { recursive: true });
+      await syncDirectory(dir);
     } catch (err) {
       throw new LedgerError('IO_ERROR', `cannot create data dir ${dir}: ${(err as Error).message}`, { cause: err });
     }

@@ -71,6 +71,7 @@ export class OrgLog {
   private flushScheduled = false;
   private exclusive: Promise<void> = Promise.resolve();
   private needsTruncate = false;
+  private closed = false;
   private latest: { note: string; treeSize: number } | undefined;
   private checkpointChain: Promise<unknown> = Promise.resolve();
   archiveState: ArchiveState = { archivedThrough: 0, previousManifestSha256: null };
@@ -164,6 +165,7 @@ export class OrgLog {
   }
 
   append(batch: RecordBatch): Promise<{ firstIndex: number; treeSize: number }> {
+    if (this.closed) return Promise.reject(new LedgerError('CLOSED', `${this.org}: log is closed`, { org: this.org }));
     return new Promise((resolve, reject) => {
       this.pending.push({ batch, resolve, reject });
       this.scheduleFlush();
@@ -338,6 +340,7 @@ export class OrgLog {
   }
 
   close(): Promise<void> {
+    this.closed = true;
     return this.serially(async () => {
       await this.flush();
       await this.sealActive();
