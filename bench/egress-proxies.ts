@@ -1,0 +1,350 @@
+/**
+ * `custos egress` side by side with Squid, tinyproxy and HAProxy (TCP mode) on loopback, in one run:
+ *   1. bulk throughput through one tunnel (HAProxy in TCP mode is the raw-forwarding reference),
+ *   2. new tunnels per second (CONNECT + a small request and reply) with 64 concurrent clients,
+ *   3. added latency p50/p99 at 500 tunnels/s (open loop), against connecting to the origin directly.
+ * Every proxy runs as its own process with a config written to a temp dir; the origin is a separate process.
+ * Bounded: fixed byte counts and durations. Run: node --import tsx bench/egress-proxies.ts [--quick]
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const quick = process.argv.includes('--quick');
+const BULK_BYTES = (quick ? 256 : 1024) * 1024 * 1024;
+const BULK_RUNS = 3;
+const TUNNEL_SECONDS = quick ? 2 : 4;
+const CONCURRENCY = 64;
+const LATENCY_RATE = 500;
+const LATENCY_COUNT = quick ? 1000 : 2500;
+const CREDENTIALS = Buffer.from('bench:bench').toString('base64');
+
+interface Peer {
+  name: string;
+  port: number;
+  /** HAProxy forwards TCP to one fixed origin: no CONNECT. */
+  connect: boolean;
+  child: ChildProcess;
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'custos-egress-bench-'));
+chmodSync(dir, 0o777); // squid and tinyproxy drop privileges and write their logs here
+const children: ChildProcess[] = [];
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, what: string, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${what} exited with ${child.exitCode}`);
+    const open = await new Promise<boolean>((resolve) => {
+      const s = connect(port, '127.0.0.1', () => {
+        s.destroy();
+        resolve(true);
+      }).on('error', () => resolve(false));
+    });
+    if (open) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${what} did not open port ${port}`);
+}
+
+function start(command: string, args: string[]): ChildProcess {
+  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr = (stderr + c.toString()).slice(-4000)));
+  child.on('exit', (code) => {
+    if (code && code !== 0 && !stopping) process.stderr.write(`${command} exited ${code}: ${stderr}\n`);
+  });
+  children.push(child);
+  return child;
+}
+
+const ORIGIN = `
+const net = require('net');
+const chunk = Buffer.alloc(256 * 1024, 97);
+const bulk = net.createServer((s) => {
+  s.on('error', () => {});
+  s.once('data', (d) => {
+    const want = Number(d.toString().trim());
+    let sent = 0;
+    const pump = () => {
+      while (sent < want) {
+        sent += chunk.length;
+        if (!s.write(chunk)) return s.once('drain', pump);
+      }
+      s.end();
+    };
+    pump();
+  });
+});
+const reply = net.createServer((s) => {
+  s.on('error', () => {});
+  s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok'));
+});
+bulk.listen(0, '127.0.0.1', () => reply.listen(0, '127.0.0.1', () =>
+  process.stdout.write(JSON.stringify({ bulk: bulk.address().port, reply: reply.address().port }) + '\\n')));
+`;
+
+async function startOrigin(): Promise<{ bulk: number; reply: number }> {
+  const child = spawn(process.execPath, ['-e', ORIGIN], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  return new Promise((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()) as { bulk: number; reply: number })));
+}
+
+async function startCustos(origin: { bulk: number; reply: number }): Promise<Peer> {
+  const port = await freePort();
+  const config = join(dir, 'custos.yaml');
+  writeFileSync(
+    config,
+    [
+      `listen: 127.0.0.1:${port}`,
+      'policies:',
+      `  - { id: ri.egress.policy.bench, type: direct, allow: [ { cidr: 127.0.0.1/32, ports: [${origin.bulk}, ${origin.reply}] } ] }`,
+      'sources:',
+      '  - { id: ri.source.bench, credentials: { username: bench, password: bench }, policies: [ri.egress.policy.bench] }',
+      'limits: { max_connections_per_source: 100000 }',
+    ].join('\n') + '\n',
+  );
+  // Records are written to a file, as in production: their cost is part of what is measured.
+  const child = start(process.execPath, [join(import.meta.dirname, '../bin/custos.js'), 'egress', '--config', config, '--log-file', join(dir, 'custos-records.ndjson')]);
+  await waitForPort(port, 'custos egress', child);
+  return { name: 'custos egress', port, connect: true, child };
+}
+
+async function startSquid(): Promise<Peer> {
+  const port = await freePort();
+  const config = join(dir, 'squid.conf');
+  writeFileSync(
+    config,
+    [
+      `http_port 127.0.0.1:${port}`,
+      'http_access allow all',
+      'cache deny all',
+      'cache_mem 8 MB',
+      `pid_filename ${dir}/squid.pid`,
+      `cache_log ${dir}/squid-cache.log`,
+      `access_log stdio:${dir}/squid-access.log`,
+      `coredump_dir ${dir}`,
+      'shutdown_lifetime 0 seconds',
+      'max_filedescriptors 65536',
+    ].join('\n') + '\n',
+  );
+  const child = start('squid', ['-N', '-f', config]);
+  await waitForPort(port, 'squid', child);
+  return { name: 'squid', port, connect: true, child };
+}
+
+async function startTinyproxy(): Promise<Peer> {
+  const port = await freePort();
+  const config = join(dir, 'tinyproxy.conf');
+  writeFileSync(
+    config,
+    [`Port ${port}`, 'Listen 127.0.0.1', 'Timeout 600', 'MaxClients 1024', `LogFile "${dir}/tinyproxy.log"`, 'LogLevel Info', 'Allow 127.0.0.1', 'User nobody', 'Group nogroup'].join('\n') + '\n',
+  );
+  const child = start('tinyproxy', ['-d', '-c', config]);
+  await waitForPort(port, 'tinyproxy', child);
+  return { name: 'tinyproxy', port, connect: true, child };
+}
+
+async function startHaproxy(backendPort: number, name: string): Promise<Peer> {
+  const port = await freePort();
+  const config = join(dir, `haproxy-${backendPort}.cfg`);
+  writeFileSync(
+    config,
+    [
+      'global',
+      '  maxconn 4096',
+      'defaults',
+      '  mode tcp',
+      '  timeout connect 5s',
+      '  timeout client 60s',
+      '  timeout server 60s',
+      'frontend bench',
+      `  bind 127.0.0.1:${port}`,
+      '  default_backend origin',
+      'backend origin',
+      `  server origin 127.0.0.1:${backendPort}`,
+    ].join('\n') + '\n',
+  );
+  const child = start('haproxy', ['-db', '-f', config]);
+  await waitForPort(port, 'haproxy', child);
+  return { name, port, connect: false, child };
+}
+
+/** Opens a connection through the peer to the origin port; resolves with the socket ready for payload. */
+function openTunnel(peer: Peer | undefined, originPort: number): Promise<import('node:net').Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ port: peer ? peer.port : originPort, host: '127.0.0.1', noDelay: true });
+    socket.once('error', reject);
+    if (!peer || !peer.connect) {
+      socket.once('connect', () => resolve(socket));
+      return;
+    }
+    socket.once('connect', () => {
+      socket.write(`CONNECT 127.0.0.1:${originPort} HTTP/1.1\r\nHost: 127.0.0.1:${originPort}\r\nProxy-Authorization: Basic ${CREDENTIALS}\r\n\r\n`);
+    });
+    let head = '';
+    const onData = (chunk: Buffer): void => {
+      head += chunk.toString('latin1');
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      socket.off('data', onData);
+      if (!/^HTTP\/1\.[01] 200/.test(head)) {
+        socket.destroy();
+        reject(new Error(`${peer.name}: ${head.split('\r\n')[0]}`));
+        return;
+      }
+      socket.pause();
+      if (end + 4 < head.length) socket.unshift(Buffer.from(head.slice(end + 4), 'latin1'));
+      resolve(socket);
+    };
+    socket.on('data', onData);
+  });
+}
+
+async function bulkOnce(peer: Peer, originPort: number): Promise<number> {
+  const socket = await openTunnel(peer, originPort);
+  const started = process.hrtime.bigint();
+  let received = 0;
+  await new Promise<void>((resolve, reject) => {
+    socket.on('data', (c: Buffer) => (received += c.length));
+    socket.on('end', () => resolve());
+    socket.on('error', reject);
+    socket.resume();
+    socket.write(`${BULK_BYTES}\n`);
+  });
+  socket.destroy();
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  if (received < BULK_BYTES) throw new Error(`${peer.name}: bulk received ${received} of ${BULK_BYTES}`);
+  return received / seconds / 1e6;
+}
+
+/** One tunnel: open (CONNECT), send a small request, read the reply to the end. Resolves with its latency in ms. */
+async function tunnelOnce(peer: Peer | undefined, originPort: number): Promise<number> {
+  const started = process.hrtime.bigint();
+  const socket = await openTunnel(peer, originPort);
+  await new Promise<void>((resolve, reject) => {
+    let got = 0;
+    socket.on('data', (c: Buffer) => (got += c.length));
+    socket.on('end', () => (got > 0 ? resolve() : reject(new Error('empty reply'))));
+    socket.on('error', reject);
+    socket.resume();
+    socket.write('GET / HTTP/1.1\r\nHost: origin\r\n\r\n');
+  });
+  socket.destroy();
+  return Number(process.hrtime.bigint() - started) / 1e6;
+}
+
+async function tunnelsPerSecond(peer: Peer, originPort: number): Promise<{ rate: number; errors: number }> {
+  const deadline = Date.now() + TUNNEL_SECONDS * 1000;
+  let done = 0;
+  let errors = 0;
+  const worker = async (): Promise<void> => {
+    while (Date.now() < deadline) {
+      try {
+        await tunnelOnce(peer, originPort);
+        done++;
+      } catch {
+        errors++;
+      }
+    }
+  };
+  const started = Date.now();
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  return { rate: done / ((Date.now() - started) / 1000), errors };
+}
+
+async function latencyAtRate(peer: Peer | undefined, originPort: number): Promise<{ p50: number; p99: number; errors: number }> {
+  const latencies: number[] = [];
+  let errors = 0;
+  const interval = 1000 / LATENCY_RATE;
+  const started = performance.now();
+  const pending: Promise<void>[] = [];
+  for (let i = 0; i < LATENCY_COUNT; i++) {
+    const due = started + i * interval;
+    const wait = due - performance.now();
+    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
+    pending.push(tunnelOnce(peer, originPort).then((ms) => void latencies.push(ms), () => void errors++));
+  }
+  await Promise.all(pending);
+  latencies.sort((a, b) => a - b);
+  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
+  return { p50: at(0.5), p99: at(0.99), errors };
+}
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+let stopping = false;
+
+async function main(): Promise<void> {
+  for (const tool of ['squid', 'tinyproxy', 'haproxy']) {
+    if (spawnSync('which', [tool]).status !== 0) throw new Error(`${tool} is not installed (apt-get install -y squid tinyproxy haproxy)`);
+  }
+  const origin = await startOrigin();
+  const custos = await startCustos(origin);
+  const squid = await startSquid();
+  const tinyproxy = await startTinyproxy();
+  const haproxyBulk = await startHaproxy(origin.bulk, 'haproxy (TCP mode)');
+  const haproxyReply = await startHaproxy(origin.reply, 'haproxy (TCP mode)');
+  const peers = [custos, squid, tinyproxy];
+
+  process.stderr.write('bulk throughput…\n');
+  const bulk: Record<string, number> = {};
+  for (const peer of [...peers, haproxyBulk]) {
+    const runs: number[] = [];
+    for (let i = 0; i < BULK_RUNS; i++) runs.push(await bulkOnce(peer, origin.bulk));
+    bulk[peer.name] = median(runs);
+  }
+
+  process.stderr.write('tunnels per second…\n');
+  const tunnels: Record<string, { rate: number; errors: number }> = {};
+  for (const peer of [...peers, haproxyReply]) {
+    await tunnelsPerSecond(peer, origin.reply).catch(() => undefined); // warm-up (JIT, pools)
+    tunnels[peer.name] = await tunnelsPerSecond(peer, origin.reply);
+  }
+
+  process.stderr.write('latency at 500 tunnels/s…\n');
+  // Each peer is paired with a direct run just before it, so load drifting on a shared machine cancels out.
+  const latency: Record<string, { p50: number; p99: number; errors: number; direct: { p50: number; p99: number } }> = {};
+  for (const peer of [...peers, haproxyReply]) {
+    const direct = await latencyAtRate(undefined, origin.reply);
+    latency[peer.name] = { ...(await latencyAtRate(peer, origin.reply)), direct };
+  }
+
+  const ours = 'custos egress';
+  const lines = [
+    `| proxy | bulk MB/s (1 tunnel, ${BULK_BYTES / 1024 / 1024} MiB, median of ${BULK_RUNS}) | tunnels/s (${CONCURRENCY} clients, ${TUNNEL_SECONDS}s) | added latency p50 / p99 at ${LATENCY_RATE}/s (ms) |`,
+    '| --- | ---: | ---: | ---: |',
+  ];
+  for (const name of [ours, 'squid', 'tinyproxy', 'haproxy (TCP mode)']) {
+    const l = latency[name]!;
+    const errors = tunnels[name]!.errors + l.errors;
+    lines.push(
+      `| ${name} | ${bulk[name]!.toFixed(0)} | ${tunnels[name]!.rate.toFixed(0)} | ${(l.p50 - l.direct.p50).toFixed(2)} / ${(l.p99 - l.direct.p99).toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})${errors ? `, ${errors} errors` : ''} |`,
+    );
+  }
+  lines.push('');
+  lines.push(
+    `Ratios: bulk custos/haproxy ${(bulk[ours]! / bulk['haproxy (TCP mode)']!).toFixed(2)} (target ≥ 0.80); ` +
+      `tunnels/s custos/squid ${(tunnels[ours]!.rate / tunnels['squid']!.rate).toFixed(2)}, custos/tinyproxy ${(tunnels[ours]!.rate / tunnels['tinyproxy']!.rate).toFixed(2)} (target > 1); ` +
+      `added p99 ${(latency[ours]!.p99 - latency[ours]!.direct.p99).toFixed(2)} ms (target ≤ 1 ms).`,
+  );
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+try {
+  await main();
+} finally {
+  stopping = true;
+  for (const child of children) child.kill('SIGKILL');
+  rmSync(dir, { recursive: true, force: true });
+}
