@@ -143,6 +143,20 @@ describe('Ledger', () => {
     assert.equal((await verifyDataDir(dir)).ok, true);
   });
 
+  it('cuts a torn checkpoint line so the next checkpoint starts on a line of its own', async () => {
+    const dir = await tempDir();
+    const ledger = await Ledger.open({ dir });
+    await ledger.append('acme', [sampleEntry(0)]);
+    await ledger.close();
+    await appendFile(join(dir, 'orgs', 'acme', 'checkpoints.log'), '"custos/acme\\n2\\nAAA');
+    const reopened = await Ledger.open({ dir });
+    await reopened.append('acme', [sampleEntry(1)]);
+    await reopened.close();
+    const report = await verifyDataDir(dir);
+    assert.equal(report.ok, true, JSON.stringify(report.failure));
+    assert.equal(report.organizations[0]?.checkpoints, 2);
+  });
+
   it('refuses to open a log truncated below its latest checkpoint', async () => {
     const dir = await tempDir();
     const ledger = await Ledger.open({ dir });

@@ -1,4 +1,4 @@
-import { mkdir, open, readdir, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, truncate, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts';
@@ -42,20 +42,30 @@ export interface OrgLogOptions {
 export const CHECKPOINT_HISTORY = 'checkpoints.log';
 export const ARCHIVE_STATE = 'archive.json';
 
-/** Reads the checkpoint history: one JSON string (a signed note) per line; a torn last line is skipped. */
-export async function readCheckpointHistory(path: string): Promise<{ notes: string[]; tornTail: boolean }> {
-  let text: string;
+/**
+ * Reads the checkpoint history: one JSON string (a signed note) per line. A last line without its newline is a
+ * torn write (reported, not returned); `goodLength` is where it starts.
+ */
+export async function readCheckpointHistory(path: string): Promise<{ notes: string[]; tornTail: boolean; goodLength: number }> {
+  let bytes: Buffer;
   try {
-    text = await readFile(path, 'utf8');
+    bytes = await readFile(path);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { notes: [], tornTail: false };
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { notes: [], tornTail: false, goodLength: 0 };
     throw err;
   }
-  const lines = text.split('\n');
-  const last = lines.pop();
-  const notes: string[] = [];
-  for (const line of lines) notes.push(JSON.parse(line) as string);
-  return { notes, tornTail: last !== undefined && last !== '' };
+  const goodLength = bytes.lastIndexOf(0x0a) + 1;
+  const lines = bytes.toString('utf8', 0, goodLength).split('\n').slice(0, -1);
+  const notes = lines.map((line, i) => {
+    try {
+      const note: unknown = JSON.parse(line);
+      if (typeof note === 'string') return note;
+    } catch {
+      // reported below
+    }
+    throw new LedgerError('BAD_CHECKPOINT', `${path} line ${i + 1} is not a JSON string holding a signed note`, { segment: CHECKPOINT_HISTORY });
+  });
+  return { notes, tornTail: goodLength < bytes.length, goodLength };
 }
 
 /**
@@ -101,8 +111,13 @@ export class OrgLog {
   /** Loads an existing log: rebuilds the tree from the segments, cuts a torn tail, checks the latest checkpoint. */
   static async open(org: string, dir: string, options: OrgLogOptions): Promise<OrgLog> {
     const log = await OrgLog.create(org, dir, options);
-    const { notes, tornTail } = await readCheckpointHistory(join(dir, CHECKPOINT_HISTORY));
-    if (tornTail) options.logger.warn({ org }, 'checkpoint history ends in a torn line; ignoring it');
+    const historyPath = join(dir, CHECKPOINT_HISTORY);
+    const { notes, tornTail, goodLength } = await readCheckpointHistory(historyPath);
+    if (tornTail) {
+      // the next checkpoint must start on a line of its own
+      await truncate(historyPath, goodLength);
+      options.logger.warn({ org }, 'checkpoint history ended in a torn line; cut it');
+    }
     const lastNote = notes.at(-1);
     const lastCheckpoint: Checkpoint | undefined = lastNote === undefined ? undefined : openCheckpoint(lastNote, options.signer, options.origin);
     if (lastNote !== undefined && lastCheckpoint !== undefined) log.latest = { note: lastNote, treeSize: lastCheckpoint.treeSize };

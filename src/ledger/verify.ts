@@ -83,7 +83,10 @@ export async function verifyDataDir(dir: string, options: VerifyOptions = {}): P
 }
 
 async function verifiedHistory(orgDir: string, org: string, verifier: NoteVerifier, origin: string, report: VerifyReport): Promise<Checkpoint[]> {
-  const { notes, tornTail } = await readCheckpointHistory(join(orgDir, CHECKPOINT_HISTORY));
+  const { notes, tornTail } = await readCheckpointHistory(join(orgDir, CHECKPOINT_HISTORY)).catch((err: unknown) => {
+    if (err instanceof LedgerError) throw new LedgerError(err.code, `${org}: ${err.message}`, { org, segment: CHECKPOINT_HISTORY });
+    throw err;
+  });
   if (tornTail) report.warnings.push(`${org}: checkpoint history ends in a torn line (ignored)`);
   const checkpoints: Checkpoint[] = [];
   for (let i = 0; i < notes.length; i++) {
