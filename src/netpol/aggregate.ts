@@ -5,45 +5,72 @@
  * dropped and reported.
  */
 export interface OpenWindow<R> {
+  key: string;
   record: R;
   opened: number;
   count: number;
+  closed: boolean;
 }
 
-export type DenyOutcome = 'opened' | 'merged' | 'overflow';
-
 export class DenyAggregator<R> {
-  // Insertion order is opening order, so expired windows are always at the front.
-  private readonly open = new Map<string, OpenWindow<R>>();
+  private readonly byKey = new Map<string, OpenWindow<R>>();
+  // Windows in opening order: the ones to close are at the head. Closed entries are skipped and compacted away.
+  private queue: OpenWindow<R>[] = [];
+  private head = 0;
 
   constructor(
     private readonly windowSeconds: number,
     private readonly maxKeys: number,
+    private readonly onClosed: (window: OpenWindow<R>) => void,
   ) {}
 
   get size(): number {
-    return this.open.size;
+    return this.byKey.size;
   }
 
-  add(key: string, t: number, makeRecord: () => R): DenyOutcome {
-    const window = this.open.get(key);
-    if (window && t < window.opened + this.windowSeconds) {
-      window.count++;
-      return 'merged';
+  /**
+   * Counts a deny into the open window of its key (`merged`), or says a window must be opened (`new`, then call
+   * `open`) or cannot be (`overflow`: the key bound is reached). A window of the key that ended is closed first.
+   */
+  merge(key: string, t: number): 'merged' | 'new' | 'overflow' {
+    const window = this.byKey.get(key);
+    if (window) {
+      if (t < window.opened + this.windowSeconds) {
+        window.count++;
+        return 'merged';
+      }
+      this.closeWindow(window);
     }
-    if (window) this.open.delete(key);
-    if (this.open.size >= this.maxKeys) return 'overflow';
-    this.open.set(key, { record: makeRecord(), opened: t, count: 1 });
-    return 'opened';
+    return this.byKey.size >= this.maxKeys ? 'overflow' : 'new';
+  }
+
+  open(key: string, t: number, record: R): void {
+    const window = { key, record, opened: t, count: 1, closed: false };
+    this.byKey.set(key, window);
+    this.queue.push(window);
   }
 
   /** Closes the windows that ended by `now` (all of them when `now` is Infinity), oldest first. */
-  *close(now: number): Generator<OpenWindow<R>> {
-    for (const [key, window] of this.open) {
-      if (window.opened + this.windowSeconds > now) break;
-      this.open.delete(key);
-      yield window;
+  close(now: number): void {
+    const queue = this.queue;
+    while (this.head < queue.length) {
+      const window = queue[this.head]!;
+      if (!window.closed) {
+        if (window.opened + this.windowSeconds > now) break;
+        this.closeWindow(window);
+      }
+      this.head++;
     }
+    if (this.head > 4096 && this.head * 2 > queue.length) {
+      this.queue = queue.slice(this.head);
+      this.head = 0;
+    }
+  }
+
+  private closeWindow(window: OpenWindow<R>): void {
+    window.closed = true;
+    this.byKey.delete(window.key);
+    this.onClosed(window);
   }
 }
 

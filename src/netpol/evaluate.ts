@@ -1,5 +1,5 @@
 import { cidrContains, ipv4ToInt } from './ip.ts';
-import type { Cluster, CompiledPolicy, Direction, Node, Pod, PolicyPeer, PolicyPort, PolicyRule, Protocol } from './model.ts';
+import type { Cluster, CompiledPolicy, Direction, Endpoint, Pod, PolicyPeer, PolicyPort, PolicyRule, Protocol } from './model.ts';
 
 /**
  * Kubernetes NetworkPolicy semantics with GKE Dataplane V2's specifics: egress is decided at the source pod, ingress
@@ -9,15 +9,15 @@ import type { Cluster, CompiledPolicy, Direction, Node, Pod, PolicyPeer, PolicyP
 export interface Connection {
   srcIp: string;
   destIp: string;
+  /** The addresses as unsigned 32-bit integers when IPv4 (-1 for IPv6), when the parser already computed them. */
+  srcIpv4?: number;
+  destIpv4?: number;
   srcPort?: number;
   destPort?: number;
   protocol: Protocol;
 }
 
-export type Endpoint =
-  | { kind: 'pod'; ip: string; pod: Pod }
-  | { kind: 'node'; ip: string; node: Node }
-  | { kind: 'external'; ip: string };
+export type { Endpoint };
 
 export interface DirectionVerdict {
   direction: Direction;
@@ -44,12 +44,8 @@ export interface Verdict {
   ingress?: DirectionVerdict;
 }
 
-export function resolveEndpoint(cluster: Cluster, ip: string): Endpoint {
-  const pod = cluster.podsByIp.get(ip);
-  if (pod) return { kind: 'pod', ip, pod };
-  const node = cluster.nodesByIp.get(ip);
-  if (node) return { kind: 'node', ip, node };
-  return { kind: 'external', ip };
+export function resolveEndpoint(cluster: Cluster, ip: string, ipv4 = ipv4ToInt(ip)): Endpoint {
+  return (ipv4 >= 0 ? cluster.endpointsByIpv4.get(ipv4) : cluster.endpointsByIp.get(ip)) ?? { kind: 'external', ip };
 }
 
 export function describeEndpoint(e: Endpoint): string {
@@ -92,23 +88,40 @@ function peerMatches(cluster: Cluster, peer: PolicyPeer, policy: CompiledPolicy,
   return peer.podSelector.matches(pod.labels);
 }
 
-function ruleMismatch(cluster: Cluster, rule: PolicyRule, policy: CompiledPolicy, conn: Connection, remote: Endpoint, remoteIpv4: number, destPod: Pod | undefined): string | undefined {
-  if (rule.ports && !rule.ports.some((p) => portMatches(p, conn, destPod))) {
+function portsMatch(ports: PolicyPort[], conn: Connection, destPod: Pod | undefined): boolean {
+  for (const entry of ports) if (portMatches(entry, conn, destPod)) return true;
+  return false;
+}
+
+function peersMatch(cluster: Cluster, peers: PolicyPeer[], policy: CompiledPolicy, remote: Endpoint, remoteIpv4: number): boolean {
+  for (const peer of peers) if (peerMatches(cluster, peer, policy, remote, remoteIpv4)) return true;
+  return false;
+}
+
+function ruleMatches(cluster: Cluster, rule: PolicyRule, policy: CompiledPolicy, conn: Connection, remote: Endpoint, remoteIpv4: number, destPod: Pod | undefined): boolean {
+  return (!rule.ports || portsMatch(rule.ports, conn, destPod)) && (!rule.peers || peersMatch(cluster, rule.peers, policy, remote, remoteIpv4));
+}
+
+/** Why a rule does not match, for `explain` only (the hot path asks `ruleMatches`). */
+function mismatchReason(cluster: Cluster, rule: PolicyRule, policy: CompiledPolicy, conn: Connection, remote: Endpoint, remoteIpv4: number, destPod: Pod | undefined): string {
+  if (rule.ports && !portsMatch(rule.ports, conn, destPod)) {
     const ports = rule.ports.map((p) => `${p.port ?? 'any'}${p.endPort ? `-${p.endPort}` : ''}/${p.protocol}`).join(', ');
     return conn.protocol === 'icmp' ? `icmp is allowed only by rules without ports (rule has ${ports})` : `port ${conn.destPort}/${conn.protocol} is not in ${ports}`;
   }
-  if (rule.peers && !rule.peers.some((p) => peerMatches(cluster, p, policy, remote, remoteIpv4))) {
-    const note = remote.kind === 'pod' ? '' : rule.peers.some((p) => p.kind === 'ipBlock') ? '' : ' (only ipBlock peers match non-pods)';
-    return `${describeEndpoint(remote)} matches none of: ${rule.peers.map((p) => p.text + (p.kind === 'ipBlock' && remote.kind === 'pod' ? ' (ipBlock never matches pod IPs)' : '')).join('; ')}${note}`;
-  }
-  return undefined;
+  const peers = rule.peers ?? [];
+  const note = remote.kind === 'pod' || peers.some((p) => p.kind === 'ipBlock') ? '' : ' (only ipBlock peers match non-pods)';
+  return `${describeEndpoint(remote)} matches none of: ${peers.map((p) => p.text + (p.kind === 'ipBlock' && remote.kind === 'pod' ? ' (ipBlock never matches pod IPs)' : '')).join('; ')}${note}`;
 }
 
-function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { kind: 'pod' }, remote: Endpoint, conn: Connection, explain: boolean): DirectionVerdict {
+/** The shared empty `allowing` list: most verdicts have none, and need not allocate one. */
+const NONE: CompiledPolicy[] = [];
+
+function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { kind: 'pod' }, remote: Endpoint, remoteIpv4: number, conn: Connection, explain: boolean): DirectionVerdict {
   const pod = enforced.pod;
   const policies = cluster.policiesFor(pod, direction);
   const reasons: string[] | undefined = explain ? [] : undefined;
-  const verdict: DirectionVerdict = { direction, enforcedPod: pod, isolated: policies.length > 0, allowed: true, allowing: [], fromOwnNode: false, ...(reasons ? { reasons } : {}) };
+  const verdict: DirectionVerdict = { direction, enforcedPod: pod, isolated: policies.length > 0, allowed: true, allowing: NONE, fromOwnNode: false };
+  if (reasons) verdict.reasons = reasons;
   if (!verdict.isolated) {
     reasons?.push(`no ${direction} policy selects ${pod.namespace}/${pod.name}: not isolated for ${direction}, allowed`);
     return verdict;
@@ -119,19 +132,17 @@ function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { k
     reasons?.push(`${describeEndpoint(remote)} is the pod's own node: always allowed (kubelet probes), logged with an empty policy name`);
     return verdict;
   }
-  const remoteIpv4 = ipv4ToInt(remote.ip);
   const destPod = direction === 'ingress' ? pod : remote.kind === 'pod' ? remote.pod : undefined;
   for (const policy of policies) {
     const rules = direction === 'ingress' ? policy.ingress : policy.egress;
     let matched = false;
     if (rules.length === 0) reasons?.push(`${policy.namespace}/${policy.name}: no ${direction} rules (denies all ${direction})`);
     for (let i = 0; i < rules.length && (!matched || reasons); i++) {
-      const why = ruleMismatch(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod);
-      if (why === undefined) {
-        if (!matched) verdict.allowing.push(policy);
+      if (ruleMatches(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod)) {
+        if (!matched) verdict.allowing = verdict.allowing === NONE ? [policy] : [...verdict.allowing, policy];
         matched = true;
         reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: matches, allows`);
-      } else reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: ${why}`);
+      } else reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: ${mismatchReason(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod)}`);
     }
   }
   verdict.allowed = verdict.allowing.length > 0;
@@ -141,22 +152,24 @@ function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { k
 
 /** The verdict for one connection attempt; `explain` adds the reasons behind each direction's decision. */
 export function evaluate(cluster: Cluster, conn: Connection, explain = false): Verdict {
-  const src = resolveEndpoint(cluster, conn.srcIp);
-  const dest = resolveEndpoint(cluster, conn.destIp);
+  const srcIpv4 = conn.srcIpv4 ?? ipv4ToInt(conn.srcIp);
+  const destIpv4 = conn.destIpv4 ?? ipv4ToInt(conn.destIp);
+  const src = resolveEndpoint(cluster, conn.srcIp, srcIpv4);
+  const dest = resolveEndpoint(cluster, conn.destIp, destIpv4);
   const verdict: Verdict = { src, dest, selfTraffic: false, allowed: true };
   if (src.kind === 'pod' && dest.kind === 'pod' && src.pod === dest.pod) {
     verdict.selfTraffic = true;
     return verdict;
   }
   if (src.kind === 'pod') {
-    verdict.egress = decide(cluster, 'egress', src, dest, conn, explain);
+    verdict.egress = decide(cluster, 'egress', src, dest, destIpv4, conn, explain);
     if (!verdict.egress.allowed) {
       verdict.allowed = false;
       return verdict;
     }
   }
   if (dest.kind === 'pod') {
-    verdict.ingress = decide(cluster, 'ingress', dest, src, conn, explain);
+    verdict.ingress = decide(cluster, 'ingress', dest, src, srcIpv4, conn, explain);
     verdict.allowed = verdict.ingress.allowed;
   }
   return verdict;

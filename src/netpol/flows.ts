@@ -3,7 +3,7 @@ import type { PolicyActionEndpoint } from '../model/index.ts';
 import { formatTimestamp, parseTimestamp } from '../model/index.ts';
 import { NetpolError } from './errors.ts';
 import type { Connection } from './evaluate.ts';
-import { normalizeIp } from './ip.ts';
+import { ipv4ToInt, normalizeIp } from './ip.ts';
 import type { Direction, Protocol } from './model.ts';
 
 /**
@@ -44,12 +44,51 @@ function fail(line: number, message: string): never {
   throw new NetpolError('FLOW_PARSE', `line ${line}: ${message}`);
 }
 
+// Flows arrive in time order, so consecutive timestamps share their minute: `YYYY-MM-DDTHH:MM` is parsed once.
+let cachedMinute = '';
+let cachedMinuteEpoch = 0;
+
+function digit(text: string, i: number): number {
+  const c = text.charCodeAt(i) - 48;
+  return c >= 0 && c <= 9 ? c : NaN;
+}
+
+/** `YYYY-MM-DDTHH:MM:SS[.fraction]Z` within the cached minute, else undefined (the full parser decides). */
+function sameMinuteSeconds(text: string): number | undefined {
+  const end = text.length - 1;
+  if (cachedMinute === '' || end < 19 || text.charCodeAt(end) !== 90 || !text.startsWith(cachedMinute) || text.charCodeAt(16) !== 58) return undefined;
+  const second = digit(text, 17) * 10 + digit(text, 18);
+  if (!(second < 60)) return undefined;
+  if (end === 19) return cachedMinuteEpoch + second;
+  if (text.charCodeAt(19) !== 46 || end - 20 > 9 || end === 20) return undefined;
+  let fraction = 0;
+  let scale = 1;
+  for (let i = 20; i < end; i++) {
+    const d = digit(text, i);
+    if (Number.isNaN(d)) return undefined;
+    fraction = fraction * 10 + d;
+    scale *= 10;
+  }
+  return cachedMinuteEpoch + second + fraction / scale;
+}
+
 export function flowTime(value: unknown, line: number, field = 'time'): FlowTime {
   if (typeof value !== 'string') fail(line, `${field}: required RFC 3339 timestamp`);
+  const fast = sameMinuteSeconds(value);
+  if (fast !== undefined) return { timestamp: value, t: fast };
   const parsed = parseTimestamp(value);
   if (!parsed) fail(line, `${field}: ${JSON.stringify(value.slice(0, 64))} is not an RFC 3339 timestamp`);
   const t = parsed.epochSeconds + parsed.nanos / 1e9;
-  return { timestamp: value.endsWith('Z') && value[10] === 'T' ? value : formatTimestamp(parsed), t };
+  if (/^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$/.test(value)) {
+    cachedMinute = value.slice(0, 16);
+    cachedMinuteEpoch = Math.floor(parsed.epochSeconds / 60) * 60;
+    return { timestamp: value, t };
+  }
+  return { timestamp: formatTimestamp(parsed), t };
+}
+
+function ipv4(value: unknown): number {
+  return typeof value === 'string' ? ipv4ToInt(value) : -1;
 }
 
 function ip(value: unknown, line: number, field: string): string {
@@ -83,14 +122,16 @@ export function parseTupleFlow(text: string, line: number): TupleFlow {
   const protocol = PROTOCOL_NAMES[f['protocol'] as string];
   if (!protocol) fail(line, `protocol: ${JSON.stringify(f['protocol'] ?? null)} is not one of tcp, udp, sctp, icmp`);
   const time = flowTime(f['time'], line);
-  const srcIp = ip(f['src_ip'], line, 'src_ip');
-  const destIp = ip(f['dest_ip'], line, 'dest_ip');
-  if (srcIp.includes(':') !== destIp.includes(':')) fail(line, 'src_ip and dest_ip are of different IP families');
+  const srcIpv4 = ipv4(f['src_ip']);
+  const destIpv4 = ipv4(f['dest_ip']);
+  const srcIp = srcIpv4 >= 0 ? (f['src_ip'] as string) : ip(f['src_ip'], line, 'src_ip');
+  const destIp = destIpv4 >= 0 ? (f['dest_ip'] as string) : ip(f['dest_ip'], line, 'dest_ip');
+  if (srcIpv4 >= 0 !== destIpv4 >= 0) fail(line, 'src_ip and dest_ip are of different IP families');
   const conn: Connection =
     protocol === 'icmp'
-      ? { srcIp, destIp, protocol }
-      : { srcIp, destIp, srcPort: port(f['src_port'], line, 'src_port', false) ?? 0, destPort: port(f['dest_port'], line, 'dest_port', true), protocol };
-  return { line, ...time, conn };
+      ? { srcIp, destIp, srcIpv4, destIpv4, protocol }
+      : { srcIp, destIp, srcIpv4, destIpv4, srcPort: port(f['src_port'], line, 'src_port', false) ?? 0, destPort: port(f['dest_port'], line, 'dest_port', true), protocol };
+  return { line, timestamp: time.timestamp, t: time.t, conn };
 }
 
 function hubbleEndpoint(raw: unknown): PolicyActionEndpoint | undefined {

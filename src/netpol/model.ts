@@ -1,5 +1,5 @@
 import type { PolicyActionEndpoint } from '../model/index.ts';
-import { type Cidr, firstHostOf, normalizeIp, parseCidr } from './ip.ts';
+import { type Cidr, firstHostOf, Ipv4Table, ipv4ToInt, normalizeIp, parseCidr } from './ip.ts';
 import { type LoggingSetting, DEFAULT_LOGGING } from './logging.ts';
 import { compileSelector, type Labels, type Selector, selectorProblems } from './selectors.ts';
 
@@ -10,6 +10,12 @@ import { compileSelector, type Labels, type Selector, selectorProblems } from '.
  */
 export type Protocol = 'tcp' | 'udp' | 'sctp' | 'icmp';
 export type Direction = 'ingress' | 'egress';
+
+/** What an IP address is to the cluster: one of its pods, one of its nodes, or something outside. */
+export type Endpoint =
+  | { kind: 'pod'; ip: string; pod: Pod }
+  | { kind: 'node'; ip: string; node: Node }
+  | { kind: 'external'; ip: string };
 
 export interface Namespace {
   name: string;
@@ -71,6 +77,8 @@ export interface CompiledPolicy {
   egress: PolicyRule[];
   /** `policy.network.gke.io/enable-logging: "true"`, for delegated allow logging. */
   loggingEnabled: boolean;
+  /** The record's `{name, namespace}` for this policy, shared by every record that lists it. */
+  ref: { name: string; namespace: string };
 }
 
 export interface KubeObject {
@@ -232,9 +240,12 @@ export function compilePolicy(obj: KubeObject): CompiledPolicy {
       const ports = asArray(rule['ports']);
       return { peers: peers.length ? peers.map(compilePeer) : undefined, ports: ports.length ? ports.map(compilePort) : undefined };
     });
+  const name = obj.metadata!.name!;
+  const namespace = obj.metadata?.namespace || 'default';
   return {
-    name: obj.metadata!.name!,
-    namespace: obj.metadata?.namespace || 'default',
+    name,
+    namespace,
+    ref: { name, namespace },
     podSelector: compileSelector(spec['podSelector'] as never),
     types,
     ingress: types.ingress ? compileRules(ingressRules, 'from') : [],
@@ -331,6 +342,10 @@ export class Cluster {
   readonly nodes = new Map<string, Node>();
   readonly podsByIp = new Map<string, Pod>();
   readonly nodesByIp = new Map<string, Node>();
+  /** Pods and nodes by IP, as evaluation resolves them (a pod's IP wins over a node's). */
+  readonly endpointsByIp = new Map<string, Endpoint>();
+  /** The IPv4 part of `endpointsByIp`, for the hot path. */
+  readonly endpointsByIpv4: Ipv4Table<Endpoint>;
   readonly pods: Pod[] = [];
   readonly policies: CompiledPolicy[] = [];
   private readonly policiesByNamespace = new Map<string, CompiledPolicy[]>();
@@ -349,6 +364,10 @@ export class Cluster {
       this.pods.push(pod);
       for (const ip of pod.ips) this.podsByIp.set(ip, pod);
     }
+    for (const [ip, node] of this.nodesByIp) this.endpointsByIp.set(ip, { kind: 'node', ip, node });
+    for (const [ip, pod] of this.podsByIp) this.endpointsByIp.set(ip, { kind: 'pod', ip, pod });
+    this.endpointsByIpv4 = new Ipv4Table(this.endpointsByIp.size);
+    for (const [ip, endpoint] of this.endpointsByIp) if (ipv4ToInt(ip) >= 0) this.endpointsByIpv4.set(ipv4ToInt(ip), endpoint);
     for (const policy of parts.policies) {
       this.policies.push(policy);
       const list = this.policiesByNamespace.get(policy.namespace) ?? [];

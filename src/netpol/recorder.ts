@@ -25,7 +25,7 @@ interface Decision {
   direction: Direction;
   allowed: boolean;
   /** Allowing policies; `own-node` for node-to-pod traffic allowed regardless of policy. */
-  policies: { name: string; namespace: string; loggingEnabled: boolean }[] | 'own-node';
+  policies: { ref: { name: string; namespace: string }; loggingEnabled: boolean }[] | 'own-node';
   nodeName: string;
   /** Namespace of the enforced pod, for delegated deny logging. */
   namespace: string;
@@ -59,7 +59,9 @@ export class PolicyActionRecorder {
     private readonly options: RecorderOptions,
   ) {
     const s = options.settings;
-    this.denies = new DenyAggregator(s.denyAggregationWindowSeconds, s.denyAggregationMaxKeys);
+    this.denies = new DenyAggregator(s.denyAggregationWindowSeconds, s.denyAggregationMaxKeys, (window) =>
+      this.emitDeny(window.record, window.count, window.opened + s.denyAggregationWindowSeconds),
+    );
     this.datagrams = new DatagramTracker(s.connectionTimeoutSeconds);
     this.limiter = new NodeRateLimiter(s.rateLimitPerSecond);
   }
@@ -96,7 +98,7 @@ export class PolicyActionRecorder {
       policies = flow.allowedBy.map((p) => {
         const namespace = p.namespace ?? '';
         const known = this.cluster.policies.find((c) => c.name === p.name && c.namespace === namespace);
-        return { name: p.name, namespace, loggingEnabled: known?.loggingEnabled ?? false };
+        return { ref: { name: p.name, namespace }, loggingEnabled: known?.loggingEnabled ?? false };
       });
     } else if (flow.allowed) {
       // Allowed without a policy: logged only for a pod the manifests show isolated (host traffic, probes).
@@ -121,12 +123,12 @@ export class PolicyActionRecorder {
   /** Closes the deny windows that ended by flow time `t`. */
   advance(t: number): void {
     if (t > this.clock) this.clock = t;
-    for (const window of this.denies.close(this.clock)) this.emitDeny(window.record, window.count, window.opened + this.options.settings.denyAggregationWindowSeconds);
+    this.denies.close(this.clock);
   }
 
   /** End of input: every open deny window is written. */
   finish(): void {
-    for (const window of this.denies.close(Infinity)) this.emitDeny(window.record, window.count, window.opened + this.options.settings.denyAggregationWindowSeconds);
+    this.denies.close(Infinity);
   }
 
   private startsConnection(conn: Connection, t: number, direction: string): boolean {
@@ -134,19 +136,23 @@ export class PolicyActionRecorder {
     return this.datagrams.isNewConnection(`${direction}|${conn.protocol}|${conn.srcIp}|${conn.srcPort}|${conn.destIp}|${conn.destPort}`, t);
   }
 
+  // One Decision reused for every direction of every tuple flow: `decide` keeps none of it, and the hot path
+  // allocates less.
+  private readonly scratch: Decision = { direction: 'ingress', allowed: true, policies: [], nodeName: '', namespace: '', conn: { srcIp: '', destIp: '', protocol: 'tcp' }, timestamp: '', t: 0, src: {}, dest: {} };
+
   private fromVerdict(d: DirectionVerdict, verdict: Verdict, flow: TupleFlow): Decision {
-    return {
-      direction: d.direction,
-      allowed: d.allowed,
-      policies: d.fromOwnNode ? 'own-node' : d.allowing,
-      nodeName: d.enforcedPod.nodeName,
-      namespace: d.enforcedPod.namespace,
-      conn: flow.conn,
-      timestamp: flow.timestamp,
-      t: flow.t,
-      src: endpointOf(verdict.src),
-      dest: endpointOf(verdict.dest),
-    };
+    const s = this.scratch;
+    s.direction = d.direction;
+    s.allowed = d.allowed;
+    s.policies = d.fromOwnNode ? 'own-node' : d.allowing;
+    s.nodeName = d.enforcedPod.nodeName;
+    s.namespace = d.enforcedPod.namespace;
+    s.conn = flow.conn;
+    s.timestamp = flow.timestamp;
+    s.t = flow.t;
+    s.src = endpointOf(verdict.src);
+    s.dest = endpointOf(verdict.dest);
+    return s;
   }
 
   private decide(d: Decision): void {
@@ -161,7 +167,7 @@ export class PolicyActionRecorder {
       } else {
         const kept = allowedPoliciesToLog(logging, d.policies);
         if (!kept) return;
-        policies = kept.map((p) => ({ name: p.name, namespace: p.namespace }));
+        policies = kept.map((p) => p.ref);
       }
       if (!this.limiter.take(d.nodeName, d.t)) {
         metrics.dropped(d.direction, 'rate_limit');
@@ -174,8 +180,9 @@ export class PolicyActionRecorder {
     const namespaceDenyLogging = this.cluster.namespaces.get(d.namespace)?.annotations[ENABLE_DENY_LOGGING_ANNOTATION] === 'true';
     if (!denyIsLogged(logging, namespaceDenyLogging)) return;
     const key = `${d.conn.srcIp}|${d.conn.destIp}|${d.conn.destPort}|${d.conn.protocol}|${d.direction}`;
-    const outcome = this.denies.add(key, d.t, () => ({ connection: connectionOf(d.conn, d.direction), disposition: 'deny', src: d.src, dest: d.dest, count: 1, node_name: d.nodeName, timestamp: d.timestamp }));
-    if (outcome === 'overflow') metrics.dropped(d.direction, 'aggregation_limit');
+    const outcome = this.denies.merge(key, d.t);
+    if (outcome === 'new') this.denies.open(key, d.t, { connection: connectionOf(d.conn, d.direction), disposition: 'deny', src: d.src, dest: d.dest, count: 1, node_name: d.nodeName, timestamp: d.timestamp });
+    else if (outcome === 'overflow') metrics.dropped(d.direction, 'aggregation_limit');
   }
 
   private emitDeny(record: PolicyActionRecord, count: number, closedAt: number): void {
@@ -187,4 +194,34 @@ export class PolicyActionRecorder {
     metrics.logged(record.connection.direction, 'deny');
     this.options.emit(record);
   }
+}
+
+// ---- Serialization: the record as one NDJSON line, in the seed's key order ----
+
+const fragments = new WeakMap<object, string>();
+
+/** JSON of an object shared by many records (a pod's endpoint, a policy reference), computed once. */
+function sharedJson(value: object): string {
+  let text = fragments.get(value);
+  if (text === undefined) {
+    text = JSON.stringify(value);
+    fragments.set(value, text);
+  }
+  return text;
+}
+
+function endpointJson(e: PolicyActionEndpoint): string {
+  // A non-pod endpoint is made per record; its one field is a validated IP address, which needs no escaping.
+  return e.pod_name === undefined && e.instance !== undefined ? `{"instance":"${e.instance}"}` : sharedJson(e);
+}
+
+/**
+ * `JSON.stringify(record)`, faster: endpoints and policy references are shared objects whose JSON is cached, and the
+ * IPs, ports, protocol and timestamp were validated when the flow was parsed.
+ */
+export function serializeRecord(r: PolicyActionRecord): string {
+  const c = r.connection;
+  const ports = c.src_port === undefined ? '' : `"src_port":${c.src_port},"dest_port":${c.dest_port},`;
+  const policies = r.policies ? `"policies":[${r.policies.map(sharedJson).join(',')}],` : '';
+  return `{"connection":{"src_ip":"${c.src_ip}","dest_ip":"${c.dest_ip}",${ports}"protocol":"${c.protocol}","direction":"${c.direction}"},"disposition":"${r.disposition}",${policies}"src":${endpointJson(r.src)},"dest":${endpointJson(r.dest)},"count":${r.count},"node_name":${JSON.stringify(r.node_name)},"timestamp":"${r.timestamp}"}`;
 }

@@ -8,7 +8,7 @@ import { NetpolError } from './errors.ts';
 import { type FlowFormat, parseFlowLine, readLineBatches } from './flows.ts';
 import { loadManifests, type ManifestLoad, ManifestWatcher } from './manifests.ts';
 import { policyLoggingMetrics as metrics } from './metrics.ts';
-import { PolicyActionRecorder } from './recorder.ts';
+import { PolicyActionRecorder, serializeRecord } from './recorder.ts';
 import { DEFAULT_SETTINGS, type NetpolSettings } from './settings.ts';
 import { logFilePath, type RecordOutput, RotatingFileWriter, StreamWriter } from './writer.ts';
 
@@ -80,7 +80,7 @@ export async function runNetpol(options: NetpolRunOptions): Promise<NetpolRunSum
     ...(options.node !== undefined ? { node: options.node } : {}),
     emit(record) {
       summary.records++;
-      output?.write(JSON.stringify(record));
+      output?.write(serializeRecord(record));
       if (batching) {
         batching.add(recordToEntry(record, resource));
         unflushedEntries++;

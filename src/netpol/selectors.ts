@@ -95,6 +95,11 @@ export function compileSelector(spec: LabelSelectorSpec | undefined | null): Sel
   return {
     text: matchesAll ? '{}' : parts.join(','),
     matchesAll,
-    matches: matchesAll ? () => true : (labels) => requirements.every((r) => r(labels)),
+    matches: matchesAll
+      ? () => true
+      : (labels) => {
+          for (const requirement of requirements) if (!requirement(labels)) return false;
+          return true;
+        },
   };
 }
