@@ -88,6 +88,10 @@ const ranges: [address: string, range: string | undefined][] = [
   ['2001:0:4136:e378:8000:63bf:3fff:fdd2', 'teredo'],
   ['::ffff:169.254.169.254', 'linkLocal'],
   ['::ffff:127.0.0.1', 'loopback'],
+  ['::a9fe:a9fe', 'ipv4Compatible'],
+  ['::ffff:0:a9fe:a9fe', 'rfc6145'],
+  ['192.0.2.1', 'reserved'],
+  ['2001:db8::1', 'reserved'],
 ];
 for (const [address, range] of ranges) {
   test(`refused range: ${address} → ${range ?? 'public'}`, () => {

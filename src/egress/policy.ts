@@ -40,8 +40,12 @@ export function ipLiteral(host: string): ipaddr.IPv4 | ipaddr.IPv6 | undefined {
 /** The special range an address belongs to (`loopback`, `linkLocal`, `teredo`, …), or undefined when public. */
 export function refusedRangeOf(address: ipaddr.IPv4 | ipaddr.IPv6): string | undefined {
   const range = address.range();
+  // ipaddr.js calls the deprecated IPv4-compatible block ::/96 unicast; it embeds IPv4 like the others (RFC 4291 §2.5.5.1).
+  if (range === 'unicast' && address.kind() === 'ipv6' && address.match(IPV4_COMPATIBLE, 96)) return 'ipv4Compatible';
   return range === 'unicast' ? undefined : range;
 }
+
+const IPV4_COMPATIBLE = ipaddr.parse('::');
 
 function portMatches(ports: PortRange[], port: number): boolean {
   return ports.some((r) => port >= r.from && port <= r.to);
