@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NetpolError, parseNetworkLogging } from '../../src/netpol/index.ts';
+import { serializeRecord } from '../../src/netpol/recorder.ts';
 import { clusterWith, IP, loggingYaml, metricValue, policyYaml, record, type TestFlow } from './helpers.ts';
 
 // prod carries policy.network.gke.io/enable-deny-logging: "true"; dev does not (fixtures/netpol/cluster.yaml).
@@ -162,5 +163,25 @@ describe('metrics', () => {
     ]);
     const after = await read();
     assert.deepEqual(after.map((v, i) => v - before[i]!), [1, 2, 1, 1]);
+  });
+});
+
+describe('serialization', () => {
+  test('the fast NDJSON line is exactly JSON.stringify of the record (allow, deny, probe, ICMP, external, names needing escapes)', () => {
+    const { cluster } = clusterWith(
+      policyYaml('all', 'prod', 'podSelector: {matchLabels: {app: web}}\ningress: [{ports: [{port: 8080}]}]') + policyYaml('d', 'dev', 'podSelector: {}\npolicyTypes: [Egress]\negress: [{ports: [{port: 53, protocol: UDP}]}]'),
+    );
+    cluster.podsByIp.get(IP.web)!.nodeName = 'node "quoted" \\ 1';
+    const { records } = record(cluster, [
+      [0, IP.client, IP.web, 1, 8080, 'tcp'],
+      [0, IP.client, IP.web, 2, 9090, 'tcp'],
+      [0, IP.node1, IP.web, 3, 8080, 'tcp'],
+      [0, IP.client, IP.web, 0, undefined, 'icmp'],
+      [0, IP.tool, '198.51.100.7', 4, 53, 'udp'],
+      [0, '2001:db8::1', 'fd00::10', 5, 8080, 'tcp'],
+    ]);
+    assert.ok(records.length >= 6);
+    assert.ok(records.some((r) => r.node_name.includes('"')));
+    for (const r of records) assert.equal(serializeRecord(r), JSON.stringify(r));
   });
 });
