@@ -1,4 +1,4 @@
-import { mkdir, open, readdir } from 'node:fs/promises';
+import { mkdir, open, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LogEntry } from '../model/index.ts';
 import { componentLogger } from '../telemetry/index.ts';
@@ -10,6 +10,7 @@ import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
 import { EMPTY_ROOT } from './merkle.ts';
 import { verifierKeyString, type NoteSigner } from './note.ts';
 import { OrgLog } from './org-log.ts';
+import { ScanPool } from './scan-pool.ts';
 import { RecordBatch, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from './segment.ts';
 
 export interface LedgerOptions {
@@ -41,6 +42,16 @@ export interface ConsistencyProof {
 const DEFAULT_SEGMENT_MAX_BYTES = 64 * 1024 * 1024;
 const DEFAULT_ARCHIVE_DELAY_MS = 24 * 60 * 60 * 1000;
 const READ_CHUNK_BYTES = 4 * 1024 * 1024;
+const PARALLEL_OPEN_BYTES = 128 * 1024 * 1024;
+
+async function segmentBytes(dir: string, orgs: string[]): Promise<number> {
+  let total = 0;
+  for (const org of orgs) {
+    const segments = join(dir, 'orgs', org, 'segments');
+    for (const name of await readdir(segments).catch(() => [] as string[])) total += (await stat(join(segments, name))).size;
+  }
+  return total;
+}
 const log = componentLogger('ledger');
 
 /**
@@ -73,12 +84,18 @@ export class Ledger {
     const { signer, meta } = await loadOrCreateSigner(dir, options.originPrefix ?? 'custos/');
     const target = options.archive ? archiveTargetOf(options.archive.target) : undefined;
     const ledger = new Ledger(dir, signer, meta, options, target);
-    for (const entry of await readdir(join(dir, 'orgs'), { withFileTypes: true })) {
-      if (!entry.isDirectory()) continue;
-      assertOrganization(entry.name);
-      const orgLog = await OrgLog.open(entry.name, join(dir, 'orgs', entry.name), ledger.orgLogOptions(entry.name));
-      ledger.logs.set(entry.name, Promise.resolve(orgLog));
-      ledger.ready.set(entry.name, orgLog);
+    const orgs = (await readdir(join(dir, 'orgs'), { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
+    orgs.forEach(assertOrganization);
+    // Rebuilding the trees re-hashes every entry: worth worker threads once there is more than a little data.
+    const pool = new ScanPool((await segmentBytes(dir, orgs)) >= PARALLEL_OPEN_BYTES ? undefined : 0);
+    try {
+      for (const org of orgs) {
+        const orgLog = await OrgLog.open(org, join(dir, 'orgs', org), ledger.orgLogOptions(org), pool);
+        ledger.logs.set(org, Promise.resolve(orgLog));
+        ledger.ready.set(org, orgLog);
+      }
+    } finally {
+      await pool.close();
     }
     ledger.startTimers();
     return ledger;

@@ -4,10 +4,12 @@ import type { Logger } from 'pino';
 import { openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { LedgerError } from './errors.ts';
 import { syncDirectory, writeFileDurably } from './fsutil.ts';
-import { leafHash, MerkleTree } from './merkle.ts';
+import { HASH_SIZE, MerkleTree } from './merkle.ts';
 import { ledgerMetrics } from './metrics.ts';
 import type { NoteSigner } from './note.ts';
-import { RecordBatch, encodeSegmentHeader, scanSegment, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
+import type { ScanPool } from './scan-pool.ts';
+import { RecordBatch, encodeSegmentHeader, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
+import type { ScannedLeaves } from './verify-worker.ts';
 
 export interface SegmentInfo {
   name: string;
@@ -109,7 +111,7 @@ export class OrgLog {
   }
 
   /** Loads an existing log: rebuilds the tree from the segments, cuts a torn tail, checks the latest checkpoint. */
-  static async open(org: string, dir: string, options: OrgLogOptions): Promise<OrgLog> {
+  static async open(org: string, dir: string, options: OrgLogOptions, pool: ScanPool): Promise<OrgLog> {
     const log = await OrgLog.create(org, dir, options);
     const historyPath = join(dir, CHECKPOINT_HISTORY);
     const { notes, tornTail, goodLength } = await readCheckpointHistory(historyPath);
@@ -128,12 +130,29 @@ export class OrgLog {
     }
 
     const names = (await readdir(log.segmentsDir)).filter((name) => segmentFirstIndex(name) !== undefined).sort();
+    // Segments are hashed ahead (on worker threads for large logs); leaves join the tree strictly in order.
+    const ahead = 4;
+    const scans: Promise<ScannedLeaves>[] = [];
+    const schedule = (i: number): void => {
+      const name = names[i];
+      if (name === undefined || scans[i] !== undefined) return;
+      const scan = pool.leaves(join(log.segmentsDir, name), segmentFirstIndex(name) as number);
+      scan.catch(() => undefined);
+      scans[i] = scan;
+    };
+    for (let i = 0; i < ahead; i++) schedule(i);
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
       const path = join(log.segmentsDir, name);
       const isLast = i === names.length - 1;
       const firstIndex = log.tree.size;
-      const scan = await scanSegment(path, firstIndex, (_index, payload) => log.tree.append(leafHash(payload)));
+      const { scan, count, leaves } = await (scans[i] as Promise<ScannedLeaves>);
+      schedule(i + ahead);
+      if (segmentFirstIndex(name) !== firstIndex) {
+        throw new LedgerError('SEQUENCE_GAP', `${org}/${name}: segment starts at entry ${segmentFirstIndex(name)} but the log so far holds ${firstIndex}; run custos verify`, { org, segment: name, entryIndex: firstIndex });
+      }
+      const hashes = Buffer.from(leaves.buffer, leaves.byteOffset, leaves.byteLength);
+      for (let n = 0; n < count; n++) log.tree.append(hashes.subarray(n * HASH_SIZE, (n + 1) * HASH_SIZE));
       if (scan.problem) {
         const checkpointed = lastCheckpoint?.treeSize ?? 0;
         // Only the shape a crash leaves (the file ends inside the last record) past every checkpoint is cut.

@@ -1,8 +1,8 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { scanSegmentRanges, type ScannedSegment, type SegmentJob } from './verify-worker.ts';
+import { scanSegmentLeaves, scanSegmentRanges, type ScannedLeaves, type ScannedSegment, type SegmentJob } from './verify-worker.ts';
 
-type Reply = (ScannedSegment & { id: number }) | { id: number; error: string };
+type Reply = ((ScannedSegment | ScannedLeaves) & { id: number }) | { id: number; error: string };
 
 /**
  * Scans segment files on worker threads so that hashing (the bulk of verification) uses every core; with no
@@ -10,7 +10,7 @@ type Reply = (ScannedSegment & { id: number }) | { id: number; error: string };
  */
 export class ScanPool {
   private readonly workers: Worker[] = [];
-  private readonly waiting = new Map<number, { resolve: (result: ScannedSegment) => void; reject: (err: Error) => void }>();
+  private readonly waiting = new Map<number, { resolve: (result: never) => void; reject: (err: Error) => void }>();
   private nextId = 0;
 
   constructor(size = availableParallelism()) {
@@ -25,13 +25,23 @@ export class ScanPool {
     }
   }
 
+  /** Compact ranges of a segment, split at `boundaries` (verification). */
   scan(path: string, firstIndex: number, boundaries: number[]): Promise<ScannedSegment> {
     if (this.workers.length === 0) return scanSegmentRanges(path, firstIndex, boundaries);
+    return this.submit({ path, firstIndex, boundaries });
+  }
+
+  /** Leaf hashes of a segment (rebuilding a tree on open). */
+  leaves(path: string, firstIndex: number): Promise<ScannedLeaves> {
+    if (this.workers.length === 0) return scanSegmentLeaves(path, firstIndex);
+    return this.submit({ path, firstIndex });
+  }
+
+  private submit<T>(job: Omit<SegmentJob, 'id'>): Promise<T> {
     const id = this.nextId++;
-    const job: SegmentJob = { id, path, firstIndex, boundaries };
-    return new Promise((resolve, reject) => {
-      this.waiting.set(id, { resolve, reject });
-      (this.workers[id % this.workers.length] as Worker).postMessage(job);
+    return new Promise<T>((resolve, reject) => {
+      this.waiting.set(id, { resolve: resolve as (result: never) => void, reject });
+      (this.workers[id % this.workers.length] as Worker).postMessage({ ...job, id } satisfies SegmentJob);
     });
   }
 
@@ -40,7 +50,7 @@ export class ScanPool {
     if (!waiter) return;
     this.waiting.delete(reply.id);
     if ('error' in reply) waiter.reject(new Error(reply.error));
-    else waiter.resolve(reply);
+    else waiter.resolve(reply as never);
   }
 
   private failAll(err: Error): void {

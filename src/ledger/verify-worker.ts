@@ -1,16 +1,40 @@
-// Worker side of the parallel data-dir verification: scans one segment file (length, CRC-32, index sequence),
-// hashes its leaves and subtrees, and returns the compact ranges between the checkpoint sizes that fall inside
-// it, so the caller joins segments in order with O(log n) work each.
+// Worker side of parallel segment scanning: scans one segment file (length, CRC-32, index sequence) and returns
+// either its leaf hashes (to rebuild a ledger's tree on open) or, for verification, the compact ranges between
+// the checkpoint sizes that fall inside it, which the caller joins in order with O(log n) work each.
 import { parentPort } from 'node:worker_threads';
-import { CompactRange, leafHash } from './merkle.ts';
+import { CompactRange, HASH_SIZE, leafHash } from './merkle.ts';
 import { scanSegment, type SegmentScan } from './segment.ts';
 
 export interface SegmentJob {
   id: number;
   path: string;
   firstIndex: number;
-  /** Sorted tree sizes at which the caller needs a root (its checkpoints). */
-  boundaries: number[];
+  /** Sorted tree sizes at which the caller needs a root (its checkpoints); absent: return the leaf hashes. */
+  boundaries?: number[];
+}
+
+export interface ScannedLeaves {
+  scan: SegmentScan;
+  count: number;
+  /** `count` leaf hashes of 32 bytes, back to back. */
+  leaves: Uint8Array;
+}
+
+export async function scanSegmentLeaves(path: string, firstIndex: number): Promise<ScannedLeaves> {
+  let leaves = Buffer.allocUnsafe(64 * 1024 * HASH_SIZE);
+  let count = 0;
+  const scan = await scanSegment(path, firstIndex, (_index, payload) => {
+    if ((count + 1) * HASH_SIZE > leaves.length) {
+      const bigger = Buffer.allocUnsafe(leaves.length * 2);
+      leaves.copy(bigger, 0, 0, count * HASH_SIZE);
+      leaves = bigger;
+    }
+    leafHash(payload).copy(leaves, count * HASH_SIZE);
+    count++;
+  });
+  const out = new Uint8Array(count * HASH_SIZE);
+  out.set(leaves.subarray(0, count * HASH_SIZE));
+  return { scan, count, leaves: out };
 }
 
 export interface HashedRange {
@@ -48,9 +72,11 @@ export async function scanSegmentRanges(path: string, firstIndex: number, bounda
 const port = parentPort;
 if (port) {
   port.on('message', (job: SegmentJob) => {
-    scanSegmentRanges(job.path, job.firstIndex, job.boundaries).then(
-      (result) => port.postMessage({ id: job.id, ...result }),
-      (err: unknown) => port.postMessage({ id: job.id, error: (err as Error).message }),
-    );
+    const fail = (err: unknown): void => port.postMessage({ id: job.id, error: (err as Error).message });
+    if (job.boundaries === undefined) {
+      scanSegmentLeaves(job.path, job.firstIndex).then((result) => port.postMessage({ id: job.id, ...result }, [result.leaves.buffer as ArrayBuffer]), fail);
+    } else {
+      scanSegmentRanges(job.path, job.firstIndex, job.boundaries).then((result) => port.postMessage({ id: job.id, ...result }), fail);
+    }
   });
 }
