@@ -54,6 +54,10 @@ describe('Ledger', () => {
     await ledger.close();
     assert.ok((await readdir(join(dir, 'orgs', 'acme', 'segments'))).length > 1, 'small segments rolled over');
 
+    const onWorkers = await Ledger.open({ dir, openWorkers: 2 });
+    assert.equal(onWorkers.rootHash('acme'), checkpoint.rootHash.toString('base64'), 'trees rebuilt on worker threads agree');
+    assert.deepEqual(onWorkers.inclusionProof('acme', 17), proof);
+    await onWorkers.close();
     const reopened = await Ledger.open({ dir });
     assert.equal(reopened.treeSize('acme'), 25);
     assert.equal(reopened.rootHash('acme'), checkpoint.rootHash.toString('base64'));

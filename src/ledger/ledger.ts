@@ -1,4 +1,5 @@
 import { mkdir, open, readdir, stat } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import type { LogEntry } from '../model/index.ts';
 import { componentLogger } from '../telemetry/index.ts';
@@ -25,6 +26,8 @@ export interface LedgerOptions {
   archive?: { target: ArchiveTarget | string; maxDelayMs?: number };
   /** Checkpoint origins are `${originPrefix}${org}` (default `custos/`); fixed when the data dir is created. */
   originPrefix?: string;
+  /** Worker threads that re-hash segments on open (default: one per core once segments exceed 128 MiB, else none). */
+  openWorkers?: number;
 }
 
 export interface InclusionProof {
@@ -87,7 +90,7 @@ export class Ledger {
     const orgs = (await readdir(join(dir, 'orgs'), { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
     orgs.forEach(assertOrganization);
     // Rebuilding the trees re-hashes every entry: worth worker threads once there is more than a little data.
-    const pool = new ScanPool((await segmentBytes(dir, orgs)) >= PARALLEL_OPEN_BYTES ? undefined : 0);
+    const pool = new ScanPool(options.openWorkers ?? ((await segmentBytes(dir, orgs)) >= PARALLEL_OPEN_BYTES ? availableParallelism() : 0));
     try {
       for (const org of orgs) {
         const orgLog = await OrgLog.open(org, join(dir, 'orgs', org), ledger.orgLogOptions(org), pool);
