@@ -9,7 +9,7 @@ import { ledgerMetrics } from './metrics.ts';
 import type { NoteSigner } from './note.ts';
 import type { ScanPool } from './scan-pool.ts';
 import { RecordBatch, encodeSegmentHeader, segmentFileName, segmentFirstIndex, SEGMENT_HEADER_BYTES } from './segment.ts';
-import type { ScannedLeaves } from './verify-worker.ts';
+import type { ScannedLeaves } from './scan-worker.ts';
 
 export interface SegmentInfo {
   name: string;

@@ -1,6 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
-import { scanSegmentLeaves, scanSegmentRanges, type ScannedLeaves, type ScannedSegment, type SegmentJob } from './verify-worker.ts';
+import { scanSegmentLeaves, scanSegmentRanges, type ScannedLeaves, type ScannedSegment, type SegmentJob } from './scan-worker.ts';
 
 type Reply = ((ScannedSegment | ScannedLeaves) & { id: number }) | { id: number; error: string };
 
@@ -15,7 +15,7 @@ export class ScanPool {
 
   constructor(size = availableParallelism()) {
     const tsx = import.meta.resolve('tsx/esm/api');
-    const worker = new URL('./verify-worker.ts', import.meta.url).href;
+    const worker = new URL('./scan-worker.ts', import.meta.url).href;
     const bootstrap = `import { register } from ${JSON.stringify(tsx)}; register(); await import(${JSON.stringify(worker)});`;
     for (let i = 0; i < size; i++) {
       const thread = new Worker(new URL(`data:text/javascript,${encodeURIComponent(bootstrap)}`));

@@ -7,7 +7,7 @@ import { ARCHIVE_VERIFIER_KEY, DirectoryArchiveTarget, manifestKey, sha256Hex, t
 import { loadVerifier, readLedgerMeta, VERIFIER_KEY_FILE } from './keys.ts';
 import { CompactRange, leafHash } from './merkle.ts';
 import { ScanPool } from './scan-pool.ts';
-import type { ScannedSegment } from './verify-worker.ts';
+import type { ScannedSegment } from './scan-worker.ts';
 import { parseVerifierKey, type NoteVerifier } from './note.ts';
 import { CHECKPOINT_HISTORY, readCheckpointHistory } from './org-log.ts';
 import { scanSegmentBytes, segmentFirstIndex, type RecordProblem } from './segment.ts';
