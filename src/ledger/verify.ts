@@ -221,14 +221,10 @@ export async function verifyArchive(dir: string, options: VerifyOptions = {}): P
       const manifests = [];
       for (const key of await target.list(`${org}/manifests/`)) {
         const bytes = (await target.get(key)) as Buffer;
-        let manifest: SegmentManifest;
-        try {
-          manifest = JSON.parse(bytes.toString('utf8')) as SegmentManifest;
-        } catch {
-          throw new LedgerError('CHAIN_BROKEN', `${key} is not a JSON manifest`, { org, segment: key });
-        }
+        const manifest = parseManifest(bytes);
+        if (!manifest) throw new LedgerError('CHAIN_BROKEN', `${key} is not a segment manifest`, { org, segment: key });
         manifests.push({ key, bytes, manifest });
-        total += manifest.segment?.entryCount ?? 0;
+        total += manifest.segment.entryCount;
       }
       manifestsByOrg.set(org, manifests);
     }
@@ -241,6 +237,22 @@ export async function verifyArchive(dir: string, options: VerifyOptions = {}): P
     fail(report, err);
   }
   return report;
+}
+
+/** The manifest in `bytes` if it has every field verification reads (archives are untrusted input). */
+function parseManifest(bytes: Buffer): SegmentManifest | undefined {
+  let value: Partial<SegmentManifest>;
+  try {
+    value = JSON.parse(bytes.toString('utf8')) as Partial<SegmentManifest>;
+  } catch {
+    return undefined;
+  }
+  const segment = value.segment;
+  const wellFormed = typeof value.organization === 'string' && typeof value.origin === 'string' && typeof value.checkpoint === 'string'
+    && Number.isSafeInteger(value.treeSize) && typeof value.rootHash === 'string' && (value.previousManifestSha256 === null || typeof value.previousManifestSha256 === 'string')
+    && typeof segment === 'object' && segment !== null && typeof segment.key === 'string' && typeof segment.name === 'string'
+    && typeof segment.sha256 === 'string' && typeof segment.objectSha256 === 'string' && Number.isSafeInteger(segment.firstIndex) && Number.isSafeInteger(segment.entryCount);
+  return wellFormed ? (value as SegmentManifest) : undefined;
 }
 
 async function archiveVerifier(target: ArchiveTarget): Promise<NoteVerifier> {
@@ -257,7 +269,7 @@ async function verifyArchivedOrg(
   const fault = (code: LedgerErrorCode, message: string, segment: string, entryIndex?: number): LedgerError =>
     new LedgerError(code, `${org}/${segment}: ${message}`, { org, segment, ...(entryIndex === undefined ? {} : { entryIndex }) });
   for (const { key, bytes, manifest } of manifests) {
-    const name = manifest.segment?.name ?? key;
+    const name = manifest.segment.name;
     if (manifest.organization !== org || key !== manifestKey(org, name)) throw fault('CHAIN_BROKEN', `manifest ${key} does not belong at this place`, name, tree.end);
     if (manifest.previousManifestSha256 !== previousSha256) {
       throw fault('CHAIN_BROKEN', `manifest names previous manifest ${manifest.previousManifestSha256 ?? 'none'} but the one before it hashes to ${previousSha256 ?? 'none'}`, name, tree.end);
