@@ -92,6 +92,7 @@ export class EgressProxy {
   private readonly open = new Map<Socket, { attempt: Attempt; upstream?: Socket }>();
   private readonly perSource = new Map<string, number>();
   private draining = false;
+  private readonly passwordDigests = new WeakMap<EgressSource, Buffer>();
   private readonly log = componentLogger('egress');
 
   constructor(private readonly options: EgressProxyOptions) {
@@ -106,10 +107,18 @@ export class EgressProxy {
 
   /** Adopts a new config: new connections use it, open tunnels keep the decision made when they started. */
   async reload(config: EgressConfig): Promise<void> {
+    const previous = this.config;
     this.config = config;
+    try {
+      await this.syncListeners();
+    } catch (err) {
+      // A listener that cannot open (address in use) rejects the whole config; the previous one stays in force.
+      this.config = previous;
+      await this.syncListeners().catch(() => undefined);
+      throw err;
+    }
     if (!this.options.resolver) this.resolver = createResolver(config.resolver);
     this.agents.sync(config);
-    await this.syncListeners();
     this.log.info({ policies: config.policies.length, sources: config.sources.length }, 'egress config applied');
   }
 
@@ -136,7 +145,8 @@ export class EgressProxy {
   /** Stops accepting, lets open connections finish for up to `timeoutMs`, then closes the rest. */
   async drain(timeoutMs = this.config.timeouts.drainMs): Promise<void> {
     this.draining = true;
-    await Promise.all([...this.listeners.values()].map((l) => new Promise<void>((resolve) => l.server.close(() => resolve()))));
+    // close() stops accepting at once; its callback would wait for every open connection, which the deadline governs.
+    for (const listener of this.listeners.values()) listener.server.close();
     this.listeners.clear();
     this.agents.close();
     const deadline = Date.now() + timeoutMs;
@@ -181,7 +191,8 @@ export class EgressProxy {
     for (const w of wanted) {
       if (this.listeners.has(w.key)) continue;
       const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => {
-        void (w.kind === 'http' ? this.handleHttp(socket, w.sourceId) : this.handleSocks(socket, w.sourceId));
+        const handled = w.kind === 'http' ? this.handleHttp(socket, w.sourceId) : this.handleSocks(socket, w.sourceId);
+        handled.catch((err: Error) => this.abandon(socket, err));
       });
       const { host, port } = splitHostPort(w.address);
       await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, () => resolve()));
@@ -190,6 +201,16 @@ export class EgressProxy {
       this.listeners.set(w.key, { kind: w.kind, address: w.address, sourceId: w.sourceId, server, bound: formatHostPort(bound.address, bound.port) });
       this.log.info({ kind: w.kind, address: formatHostPort(bound.address, bound.port), source: w.sourceId }, 'egress listener open');
     }
+  }
+
+  /** A handler bug must cost one connection (with its record), never the process. */
+  private abandon(client: Socket, err: Error): void {
+    this.log.error({ err }, 'egress connection handler failed');
+    const entry = this.open.get(client);
+    entry?.attempt.fail('protocol_error', `internal error: ${err.message}`);
+    entry?.attempt.end();
+    entry?.upstream?.destroy();
+    client.destroy();
   }
 
   // ---- one connection ----
@@ -229,7 +250,10 @@ export class EgressProxy {
   private sourceByCredentials(username: string, password: string): EgressSource | undefined {
     const source = this.config.sources.find((s) => s.credentials?.username === username);
     if (!source?.credentials) return undefined;
-    return timingSafeEqual(digest(source.credentials.password), digest(password)) ? source : undefined;
+    // Digests make the comparison constant-time whatever the lengths; the configured side is computed once.
+    let expected = this.passwordDigests.get(source);
+    if (!expected) this.passwordDigests.set(source, (expected = digest(source.credentials.password)));
+    return timingSafeEqual(expected, digest(password)) ? source : undefined;
   }
 
   private handshakeFailure(attempt: Attempt, err: unknown): FailureReason {
