@@ -105,6 +105,17 @@ describe('Ledger', () => {
     await ledger.close();
   });
 
+  it('writes a group commit of more appends than one writev takes (IOV_MAX 1024) completely', async () => {
+    const dir = await tempDir();
+    const ledger = await Ledger.open({ dir, groupCommitMs: 20 });
+    const results = await Promise.all(Array.from({ length: 2500 }, (_, n) => ledger.append('acme', [sampleEntry(n)])));
+    assert.equal(new Set(results.map((r) => r.firstIndex)).size, 2500);
+    await ledger.close();
+    const report = await verifyDataDir(dir);
+    assert.equal(report.ok, true, JSON.stringify(report.failure));
+    assert.equal(report.entries, 2500);
+  });
+
   it('refuses bad organization names and entries without a canonical form', async () => {
     const dir = await tempDir();
     const ledger = await Ledger.open({ dir });
