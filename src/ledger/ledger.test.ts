@@ -123,6 +123,7 @@ describe('Ledger', () => {
       await assert.rejects(ledger.append(org, [sampleEntry(0)]), code('INVALID_ORG'), org);
     }
     await assert.rejects(ledger.append('acme', [{ ...sampleEntry(0), jsonPayload: { n: Number.NaN } }]), code('INVALID_ENTRY'));
+    await assert.rejects(ledger.append('acme', [sampleEntry(0, 'beta')]), code('INVALID_ENTRY'), 'an entry of another organization');
     assert.equal(ledger.treeSize('acme'), 0);
     assert.throws(() => ledger.inclusionProof('acme', 0), code('INVALID_ARGUMENT'));
     await ledger.append('acme', [sampleEntry(0)]);
