@@ -155,6 +155,7 @@ export class Ledger {
 
   /** Appends entries to the organization's log; resolves once they are durable, with the index of the first. */
   async append(org: string, entries: LogEntry[]): Promise<{ firstIndex: number; treeSize: number }> {
+    assertOrganization(org);
     return this.appendCanonical(org, entries.map((entry, i) => {
       // a tenant's log holds only its own entries, whatever a caller upstream got wrong
       if (entry.organization !== org) throw new LedgerError('INVALID_ENTRY', `entry ${i} belongs to organization ${JSON.stringify(entry.organization)}, not ${org}`, { org });
