@@ -203,20 +203,39 @@ function columnsOf(expression: string): string[] {
 
 const SEVERITY: Record<Header['severity'], Severity> = { NORMAL: 'INFO', WARNING: 'WARNING', CRITICAL: 'CRITICAL' };
 
-/** Where events go: an NDJSON file (or stdout) and/or the store through a batching sink. */
+/**
+ * Where events go: an NDJSON file (or stdout) and/or the store through a batching sink. File lines are gathered
+ * and written once per event-loop turn: one write per query would cost more than the query's forwarding.
+ */
 export class AuditLog {
   private readonly file: WriteStream | NodeJS.WriteStream | undefined;
+  private pending: string[] = [];
+  private scheduled = false;
   constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string }) {
     if (options.logFile === '-') this.file = process.stdout;
     else if (options.logFile) this.file = createWriteStream(options.logFile, { flags: 'a' });
   }
 
   emit(event: DataProxyAuditEvent, categories: string[]): void {
-    if (this.file) this.file.write(JSON.stringify(event) + '\n');
+    if (this.file) {
+      this.pending.push(JSON.stringify(event));
+      if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flushFile());
+      }
+    }
     if (this.options.sink) this.options.sink.add(toLogEntry(event, categories, this.options.project));
   }
 
+  private flushFile(): void {
+    this.scheduled = false;
+    if (this.pending.length === 0 || !this.file) return;
+    this.file.write(this.pending.join('\n') + '\n');
+    this.pending = [];
+  }
+
   async close(): Promise<void> {
+    this.flushFile();
     await this.options.sink?.flush();
     const file = this.file;
     if (file && file !== process.stdout) await new Promise<void>((resolve) => (file as WriteStream).end(resolve));

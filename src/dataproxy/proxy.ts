@@ -30,6 +30,14 @@ const eventsTotal = new Counter({
   registers: [registry],
 });
 
+const boundCounters = new Map<string, ReturnType<typeof eventsTotal.labels>>();
+function counterFor(action: string, outcome: string): ReturnType<typeof eventsTotal.labels> {
+  const key = `${action}\0${outcome}`;
+  let c = boundCounters.get(key);
+  if (!c) boundCounters.set(key, (c = eventsTotal.labels(action, outcome)));
+  return c;
+}
+
 /** A bounded map that forgets its oldest entries first. */
 export class BoundedCache<V> {
   private readonly map = new Map<string, V>();
@@ -123,7 +131,7 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
     cache: new BoundedCache(50_000),
     tls: config.tlsFiles ? createSecureContext({ cert: config.tlsFiles.cert, key: config.tlsFiles.key }) : undefined,
     emit(event, categories) {
-      eventsTotal.inc({ action: event.header.event.action, outcome: event.header.status.outcome });
+      counterFor(event.header.event.action, event.header.status.outcome).inc();
       audit.emit(event, categories);
     },
     resolve: (list, who) => resolvePolicies(list, who, config.rlacFilterBehaviour),

@@ -81,6 +81,18 @@ export class Session {
     this.drain();
   }
 
+  /** The outbox is exactly the client's bytes, in order: write the received chunk rather than a copy. */
+  private static joined(parts: Buffer[]): Buffer {
+    const first = parts[0]!;
+    let end = first.byteOffset + first.length;
+    for (let i = 1; i < parts.length; i++) {
+      const p = parts[i]!;
+      if (p.buffer !== first.buffer || p.byteOffset !== end) return Buffer.concat(parts);
+      end += p.length;
+    }
+    return Buffer.from(first.buffer, first.byteOffset, end - first.byteOffset);
+  }
+
   /** Handles queued client messages in order; an asynchronous step (policy fetch, catalog refresh) pauses the queue. */
   private drain(): void {
     if (this.busy) return;
@@ -108,7 +120,7 @@ export class Session {
 
   private flushUpstream(): void {
     if (this.outbox.length === 0 || !this.upstream) return;
-    this.upstream.write(this.outbox.length === 1 ? this.outbox[0]! : Buffer.concat(this.outbox));
+    this.upstream.write(this.outbox.length === 1 ? this.outbox[0]! : Session.joined(this.outbox));
     this.outbox = [];
   }
 
