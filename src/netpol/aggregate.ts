@@ -4,8 +4,12 @@
  * timestamp and src_port and a `count`. The number of open keys is bounded; a deny that would open one more is
  * dropped and reported.
  */
+/** Two-part key: a group (the enforced side) and a key within it, numbers for IPv4 so no string is built per deny. */
+export type WindowKey = number | string;
+
 export interface OpenWindow<R> {
-  key: string;
+  group: WindowKey;
+  key: WindowKey;
   record: R;
   opened: number;
   count: number;
@@ -13,7 +17,8 @@ export interface OpenWindow<R> {
 }
 
 export class DenyAggregator<R> {
-  private readonly byKey = new Map<string, OpenWindow<R>>();
+  private readonly groups = new Map<WindowKey, Map<WindowKey, OpenWindow<R>>>();
+  private openCount = 0;
   // Windows in opening order: the ones to close are at the head. Closed entries are skipped and compacted away.
   private queue: OpenWindow<R>[] = [];
   private head = 0;
@@ -25,15 +30,15 @@ export class DenyAggregator<R> {
   ) {}
 
   get size(): number {
-    return this.byKey.size;
+    return this.openCount;
   }
 
   /**
    * Counts a deny into the open window of its key (`merged`), or says a window must be opened (`new`, then call
    * `open`) or cannot be (`overflow`: the key bound is reached). A window of the key that ended is closed first.
    */
-  merge(key: string, t: number): 'merged' | 'new' | 'overflow' {
-    const window = this.byKey.get(key);
+  merge(group: WindowKey, key: WindowKey, t: number): 'merged' | 'new' | 'overflow' {
+    const window = this.groups.get(group)?.get(key);
     if (window) {
       if (t < window.opened + this.windowSeconds) {
         window.count++;
@@ -41,12 +46,15 @@ export class DenyAggregator<R> {
       }
       this.closeWindow(window);
     }
-    return this.byKey.size >= this.maxKeys ? 'overflow' : 'new';
+    return this.openCount >= this.maxKeys ? 'overflow' : 'new';
   }
 
-  open(key: string, t: number, record: R): void {
-    const window = { key, record, opened: t, count: 1, closed: false };
-    this.byKey.set(key, window);
+  open(group: WindowKey, key: WindowKey, t: number, record: R): void {
+    const window = { group, key, record, opened: t, count: 1, closed: false };
+    let windows = this.groups.get(group);
+    if (!windows) this.groups.set(group, (windows = new Map()));
+    windows.set(key, window);
+    this.openCount++;
     this.queue.push(window);
   }
 
@@ -69,7 +77,10 @@ export class DenyAggregator<R> {
 
   private closeWindow(window: OpenWindow<R>): void {
     window.closed = true;
-    this.byKey.delete(window.key);
+    const windows = this.groups.get(window.group)!;
+    windows.delete(window.key);
+    if (windows.size === 0) this.groups.delete(window.group);
+    this.openCount--;
     this.onClosed(window);
   }
 }

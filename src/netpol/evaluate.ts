@@ -1,5 +1,5 @@
 import { cidrContains, ipv4ToInt } from './ip.ts';
-import type { Cluster, CompiledPolicy, Direction, Endpoint, Pod, PolicyPeer, PolicyPort, PolicyRule, Protocol } from './model.ts';
+import { type Cluster, type CompiledPolicy, type Direction, type Endpoint, type Pod, type PolicyPeer, type PolicyPort, type PolicyRule, PROTOCOL_CODES, type Protocol } from './model.ts';
 
 /**
  * Kubernetes NetworkPolicy semantics with GKE Dataplane V2's specifics: egress is decided at the source pod, ingress
@@ -133,6 +133,14 @@ function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { k
     return verdict;
   }
   const destPod = direction === 'ingress' ? pod : remote.kind === 'pod' ? remote.pod : undefined;
+  const cacheKey = reasons ? -1 : verdictCacheKey(remote, remoteIpv4, conn);
+  const cache = cacheKey >= 0 ? verdictCacheOf(cluster, pod, direction) : undefined;
+  const cached = cache?.get(cacheKey);
+  if (cached) {
+    verdict.allowing = cached;
+    verdict.allowed = cached.length > 0;
+    return verdict;
+  }
   for (const policy of policies) {
     const rules = direction === 'ingress' ? policy.ingress : policy.egress;
     let matched = false;
@@ -147,7 +155,36 @@ function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { k
   }
   verdict.allowed = verdict.allowing.length > 0;
   if (!verdict.allowed) reasons?.push(`no rule of the selecting policies allows it: denied on ${direction}`);
+  if (cache) {
+    if (++cluster.cachedVerdicts > MAX_CACHED_VERDICTS) {
+      cluster.verdictCache.clear();
+      cluster.cachedVerdicts = 0;
+    }
+    cache.set(cacheKey, verdict.allowing);
+  }
   return verdict;
+}
+
+const MAX_CACHED_VERDICTS = 2_000_000;
+/** Remote IPv4 addresses take identities above every pod identity. */
+const IPV4_IDENTITY_BASE = 2 ** 31;
+
+/**
+ * The verdict of one direction depends only on the enforced pod's identity, the remote's identity (or address, when
+ * not a pod), the port and the protocol, so it is computed once per such tuple. -1: not cacheable (IPv6 non-pods).
+ */
+function verdictCacheKey(remote: Endpoint, remoteIpv4: number, conn: Connection): number {
+  const remoteId = remote.kind === 'pod' ? remote.pod.identity : remoteIpv4 >= 0 ? IPV4_IDENTITY_BASE + remoteIpv4 : -1;
+  if (remoteId < 0) return -1;
+  // < 2^33 · 2^19 = 2^52: exact in a double.
+  return remoteId * 524_288 + (conn.destPort ?? 0) * 8 + PROTOCOL_CODES[conn.protocol];
+}
+
+function verdictCacheOf(cluster: Cluster, pod: Pod, direction: Direction): Map<number, CompiledPolicy[]> {
+  const key = pod.identity * 2 + (direction === 'ingress' ? 1 : 0);
+  let cache = cluster.verdictCache.get(key);
+  if (!cache) cluster.verdictCache.set(key, (cache = new Map()));
+  return cache;
 }
 
 /** The verdict for one connection attempt; `explain` adds the reasons behind each direction's decision. */

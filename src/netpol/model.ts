@@ -10,6 +10,8 @@ import { compileSelector, type Labels, type Selector, selectorProblems } from '.
  */
 export type Protocol = 'tcp' | 'udp' | 'sctp' | 'icmp';
 export type Direction = 'ingress' | 'egress';
+/** Small numbers for protocols, for numeric cache and aggregation keys. */
+export const PROTOCOL_CODES: Readonly<Record<Protocol, number>> = { tcp: 0, udp: 1, sctp: 2, icmp: 3 };
 
 /** What an IP address is to the cluster: one of its pods, one of its nodes, or something outside. */
 export type Endpoint =
@@ -45,6 +47,11 @@ export interface Pod {
   workload?: { name: string; kind: string };
   /** The record's `src`/`dest` for this pod, built once and shared by every record. */
   endpoint: PolicyActionEndpoint;
+  /**
+   * Pods with the same namespace, labels and named ports get the same verdicts (Cilium's security identity, plus the
+   * ports a named-port rule resolves on). Assigned by the Cluster; verdicts are cached per identity pair.
+   */
+  identity: number;
   /** Lazily filled: the policies selecting this pod per direction (`Cluster.policiesFor`). */
   selectedBy?: { ingress: CompiledPolicy[]; egress: CompiledPolicy[] };
 }
@@ -310,7 +317,7 @@ export function podFrom(obj: KubeObject, controllers: KubeObject[]): Pod | strin
     namespace,
     ...(workload ? { workload_name: workload.name, workload_kind: workload.kind } : {}),
   };
-  return { name, namespace, labels: stringMap(obj.metadata?.labels), nodeName: typeof spec['nodeName'] === 'string' ? spec['nodeName'] : '', ips, ports, workload, endpoint };
+  return { name, namespace, labels: stringMap(obj.metadata?.labels), nodeName: typeof spec['nodeName'] === 'string' ? spec['nodeName'] : '', ips, ports, workload, endpoint, identity: 0 };
 }
 
 export function nodeFrom(obj: KubeObject): Node {
@@ -349,6 +356,12 @@ export class Cluster {
   readonly pods: Pod[] = [];
   readonly policies: CompiledPolicy[] = [];
   private readonly policiesByNamespace = new Map<string, CompiledPolicy[]>();
+  /**
+   * Directional verdicts by (enforced identity, direction) → (remote identity or IPv4, port, protocol) → allowing
+   * policies (empty: denied). Valid for this Cluster only; a reload starts empty. Bounded by `MAX_CACHED_VERDICTS`.
+   */
+  readonly verdictCache = new Map<number, Map<number, CompiledPolicy[]>>();
+  cachedVerdicts = 0;
 
   constructor(
     parts: { namespaces: Namespace[]; nodes: Node[]; pods: Pod[]; policies: CompiledPolicy[] },
@@ -359,7 +372,14 @@ export class Cluster {
       this.nodes.set(node.name, node);
       for (const ip of node.ips) this.nodesByIp.set(ip, node);
     }
+    const identities = new Map<string, number>();
     for (const pod of parts.pods) {
+      const labels = Object.keys(pod.labels).sort().map((k) => `${k}=${pod.labels[k]}`).join('\n');
+      const named = pod.ports.filter((p) => p.name).map((p) => `${p.name}/${p.protocol}/${p.port}`).sort().join(',');
+      const key = `${pod.namespace}\n${labels}\n${named}`;
+      let identity = identities.get(key);
+      if (identity === undefined) identities.set(key, (identity = identities.size + 1));
+      pod.identity = identity;
       if (!this.namespaces.has(pod.namespace)) this.namespaces.set(pod.namespace, namespaceFrom({ metadata: { name: pod.namespace } }));
       this.pods.push(pod);
       for (const ip of pod.ips) this.podsByIp.set(ip, pod);

@@ -4,7 +4,7 @@ import { type Connection, type DirectionVerdict, type Endpoint, evaluate, type V
 import type { ObservedFlow, TupleFlow } from './flows.ts';
 import { allowedPoliciesToLog, denyIsLogged } from './logging.ts';
 import { policyLoggingMetrics as metrics } from './metrics.ts';
-import { type Cluster, type Direction, ENABLE_DENY_LOGGING_ANNOTATION } from './model.ts';
+import { type Cluster, type Direction, ENABLE_DENY_LOGGING_ANNOTATION, PROTOCOL_CODES } from './model.ts';
 import { NodeRateLimiter } from './ratelimit.ts';
 import type { NetpolSettings } from './settings.ts';
 
@@ -37,6 +37,18 @@ interface Decision {
 }
 
 const PROBE_POLICIES = [{ name: '' }];
+
+// Verdicts are cached, so the same allowing list recurs: its `policies` array (and that array's JSON) is built once.
+const policyRefs = new WeakMap<object, { name: string; namespace: string }[]>();
+
+function refsOf(policies: { ref: { name: string; namespace: string } }[]): { name: string; namespace: string }[] {
+  let refs = policyRefs.get(policies);
+  if (!refs) {
+    refs = policies.map((p) => p.ref);
+    policyRefs.set(policies, refs);
+  }
+  return refs;
+}
 
 export function endpointOf(e: Endpoint): PolicyActionEndpoint {
   return e.kind === 'pod' ? e.pod.endpoint : { instance: e.ip };
@@ -167,7 +179,7 @@ export class PolicyActionRecorder {
       } else {
         const kept = allowedPoliciesToLog(logging, d.policies);
         if (!kept) return;
-        policies = kept.map((p) => p.ref);
+        policies = refsOf(kept);
       }
       if (!this.limiter.take(d.nodeName, d.t)) {
         metrics.dropped(d.direction, 'rate_limit');
@@ -179,9 +191,15 @@ export class PolicyActionRecorder {
     }
     const namespaceDenyLogging = this.cluster.namespaces.get(d.namespace)?.annotations[ENABLE_DENY_LOGGING_ANNOTATION] === 'true';
     if (!denyIsLogged(logging, namespaceDenyLogging)) return;
-    const key = `${d.conn.srcIp}|${d.conn.destIp}|${d.conn.destPort}|${d.conn.protocol}|${d.direction}`;
-    const outcome = this.denies.merge(key, d.t);
-    if (outcome === 'new') this.denies.open(key, d.t, { connection: connectionOf(d.conn, d.direction), disposition: 'deny', src: d.src, dest: d.dest, count: 1, node_name: d.nodeName, timestamp: d.timestamp });
+    // (src_ip, dest_ip, dest_port, protocol, direction): the enforced side's address and the direction as the group,
+    // the other address, port and protocol as the key; plain numbers for IPv4 (33 and 51 bits).
+    const c = d.conn;
+    const v4 = c.srcIpv4 !== undefined && c.srcIpv4 >= 0 && c.destIpv4 !== undefined && c.destIpv4 >= 0;
+    const ingress = d.direction === 'ingress';
+    const group = v4 ? (ingress ? c.destIpv4! * 2 + 1 : c.srcIpv4! * 2) : `${c.srcIp}|${c.destIp}|${d.direction}`;
+    const key = v4 ? (ingress ? c.srcIpv4! : c.destIpv4!) * 524_288 + (c.destPort ?? 0) * 8 + PROTOCOL_CODES[c.protocol] : `${c.destPort}|${c.protocol}`;
+    const outcome = this.denies.merge(group, key, d.t);
+    if (outcome === 'new') this.denies.open(group, key, d.t, { connection: connectionOf(d.conn, d.direction), disposition: 'deny', src: d.src, dest: d.dest, count: 1, node_name: d.nodeName, timestamp: d.timestamp });
     else if (outcome === 'overflow') metrics.dropped(d.direction, 'aggregation_limit');
   }
 
@@ -222,6 +240,6 @@ function endpointJson(e: PolicyActionEndpoint): string {
 export function serializeRecord(r: PolicyActionRecord): string {
   const c = r.connection;
   const ports = c.src_port === undefined ? '' : `"src_port":${c.src_port},"dest_port":${c.dest_port},`;
-  const policies = r.policies ? `"policies":[${r.policies.map(sharedJson).join(',')}],` : '';
+  const policies = r.policies ? `"policies":${sharedJson(r.policies)},` : '';
   return `{"connection":{"src_ip":"${c.src_ip}","dest_ip":"${c.dest_ip}",${ports}"protocol":"${c.protocol}","direction":"${c.direction}"},"disposition":"${r.disposition}",${policies}"src":${endpointJson(r.src)},"dest":${endpointJson(r.dest)},"count":${r.count},"node_name":${JSON.stringify(r.node_name)},"timestamp":"${r.timestamp}"}`;
 }

@@ -27,7 +27,8 @@ export function logFilePath(path: string): string {
 export class RotatingFileWriter implements RecordOutput {
   private fd: number;
   private size: number;
-  private pending: string[] = [];
+  // Lines are encoded straight into one buffer: no per-line byte count, no joined string, no copy per flush.
+  private readonly buffer = Buffer.allocUnsafe(BUFFER_BYTES);
   private pendingBytes = 0;
 
   constructor(
@@ -40,24 +41,33 @@ export class RotatingFileWriter implements RecordOutput {
   }
 
   write(line: string): void {
-    const bytes = line.length === Buffer.byteLength(line) ? line.length + 1 : Buffer.byteLength(line) + 1;
+    const worstCase = line.length * 3 + 1;
     // A record never straddles two files: the file rotates before the line that would take it past the limit.
-    if (this.size + this.pendingBytes + bytes > this.maxBytes && this.size + this.pendingBytes > 0) {
+    if (this.size + this.pendingBytes + worstCase > this.maxBytes && this.size + this.pendingBytes + Buffer.byteLength(line) + 1 > this.maxBytes && this.size + this.pendingBytes > 0) {
       this.flushSync();
       this.rotate();
     }
-    this.pending.push(line);
-    this.pendingBytes += bytes;
-    if (this.pendingBytes >= BUFFER_BYTES) this.flushSync();
+    if (this.pendingBytes + worstCase > this.buffer.length) {
+      this.flushSync();
+      if (worstCase > this.buffer.length) {
+        this.writeAll(Buffer.from(line + '\n'));
+        return;
+      }
+    }
+    const written = this.buffer.write(line, this.pendingBytes, 'utf8');
+    this.buffer[this.pendingBytes + written] = 10;
+    this.pendingBytes += written + 1;
   }
 
-  private flushSync(): void {
-    if (this.pending.length === 0) return;
-    const data = Buffer.from(this.pending.join('\n') + '\n');
+  private writeAll(data: Buffer): void {
     let written = 0;
     while (written < data.length) written += writeSync(this.fd, data, written);
     this.size += data.length;
-    this.pending = [];
+  }
+
+  private flushSync(): void {
+    if (this.pendingBytes === 0) return;
+    this.writeAll(this.buffer.subarray(0, this.pendingBytes));
     this.pendingBytes = 0;
   }
 

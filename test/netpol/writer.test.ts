@@ -41,3 +41,17 @@ test('an existing log is appended to, counting its size', async () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('multi-byte and over-buffer lines are written whole', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'netpol-utf8-'));
+  try {
+    const path = join(dir, 'policy_action.log');
+    const writer = new RotatingFileWriter(path, 10 * 1024 * 1024, 5);
+    const lines = ['{"pod_name":"café-ü-日本"}', `{"big":"${'y'.repeat(400 * 1024)}"}`, '{"n":3}'];
+    for (const line of lines) writer.write(line);
+    await writer.close();
+    assert.deepEqual(readFileSync(path, 'utf8').split('\n'), [...lines, '']);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
