@@ -55,7 +55,11 @@ async function runProxy(options: EgressOptions & { config: string }): Promise<vo
     overrides: { ...(options.listen ? { listen: options.listen } : {}), ...(options.socks5 ? { socks5: options.socks5 } : {}) },
   });
   const addresses = Object.entries(service.proxy.addresses()).map(([kind, address]) => `${kind}=${address}`);
-  process.stderr.write(`custos egress: listening ${addresses.join(' ')}${metrics ? ` metrics=${options.metricsListen}` : ''}\n`);
+  if (metrics) {
+    const bound = metrics.address() as { address: string; port: number };
+    addresses.push(`metrics=${bound.address.includes(':') ? `[${bound.address}]` : bound.address}:${bound.port}`);
+  }
+  process.stderr.write(`custos egress: listening ${addresses.join(' ')}\n`);
   await service.stopped;
   metrics?.close();
 }

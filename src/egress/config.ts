@@ -244,7 +244,8 @@ function crossCheck(raw: RawConfig): string[] {
       const address = s[key];
       if (!address) continue;
       const other = listeners.get(address);
-      if (other) issues.push(`sources[${i}].${key}: ${address} is already used by ${other}`);
+      // Port 0 asks the system for a fresh port each time, so it never collides.
+      if (other && !address.endsWith(':0')) issues.push(`sources[${i}].${key}: ${address} is already used by ${other}`);
       listeners.set(address, `sources[${i}].${key}`);
     }
   });

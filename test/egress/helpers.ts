@@ -204,7 +204,7 @@ export async function spawnCli(args: string[]): Promise<{ child: ChildProcess; s
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
   child.stdout!.resume();
-  await waitFor(() => /: listening \S+\n/.test(stderr) || child.exitCode !== null, `custos ${args.join(' ')} to start`, 20_000);
+  await waitFor(() => /: listening [^\n]+\n/.test(stderr) || child.exitCode !== null, `custos ${args.join(' ')} to start`, 20_000);
   const listening = /: listening (\S+)\n/.exec(stderr)?.[1] ?? '';
   return { child, stderr: () => stderr, listening };
 }

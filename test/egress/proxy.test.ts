@@ -50,6 +50,7 @@ before(async () => {
     sources: [
       { id: SOURCE, credentials: { username: 'sales', password: 's3cret' }, policies: [DIRECT] },
       { id: 'ri.source.fronted', credentials: { username: 'fronted', password: 'pw' }, policies: [FRONTED] },
+      { id: 'ri.source.dedicated', listen: '127.0.0.1:0', socks5: '127.0.0.1:0', policies: [DIRECT] },
     ],
   });
 });
@@ -212,4 +213,19 @@ describe('require_sni (domain-fronting guard)', () => {
     assert.equal(result.status, '403');
     assert.equal((await lastRecord(before)).failure_reason, 'sni_missing');
   });
+});
+
+describe('a source identified by its dedicated listeners (no credentials)', () => {
+  for (const kind of ['http', 'socks5'] as const) {
+    test(`${kind} listener`, async () => {
+      const before = run.records.length;
+      const address = run.proxy.addresses()[`${kind}:ri.source.dedicated`]!;
+      const args = kind === 'http' ? ['-p', '-x', `http://${address}`] : ['--socks5-hostname', address];
+      const result = await curl([...args, `http://api.partner.test:${http.port}/`]);
+      assert.equal(result.status, '200', result.stderr);
+      const record = await lastRecord(before);
+      assert.equal(record.metadata.source, 'ri.source.dedicated');
+      assert.equal(record.response_flags, 'success');
+    });
+  }
 });
