@@ -19,10 +19,9 @@ export interface Connection {
 
 export type { Endpoint };
 
+/** One direction's decision; the pod enforcing it is the source for egress, the destination for ingress. */
 export interface DirectionVerdict {
   direction: Direction;
-  /** The pod where this direction is enforced: the source for egress, the destination for ingress. */
-  enforcedPod: Pod;
   /** Whether any policy of this direction selects the enforced pod; records are written only then. */
   isolated: boolean;
   allowed: boolean;
@@ -116,53 +115,57 @@ function mismatchReason(cluster: Cluster, rule: PolicyRule, policy: CompiledPoli
 /** The shared empty `allowing` list: most verdicts have none, and need not allocate one. */
 const NONE: CompiledPolicy[] = [];
 
-function decide(cluster: Cluster, direction: Direction, enforced: Endpoint & { kind: 'pod' }, remote: Endpoint, remoteIpv4: number, conn: Connection, explain: boolean): DirectionVerdict {
-  const pod = enforced.pod;
+// Decisions that need no allocation: most pods are not isolated in some direction, and own-node traffic is constant.
+const NOT_ISOLATED: Record<Direction, DirectionVerdict> = {
+  ingress: { direction: 'ingress', isolated: false, allowed: true, allowing: NONE, fromOwnNode: false },
+  egress: { direction: 'egress', isolated: false, allowed: true, allowing: NONE, fromOwnNode: false },
+};
+const OWN_NODE: Record<Direction, DirectionVerdict> = {
+  ingress: { direction: 'ingress', isolated: true, allowed: true, allowing: NONE, fromOwnNode: true },
+  egress: { direction: 'egress', isolated: true, allowed: true, allowing: NONE, fromOwnNode: true },
+};
+
+function decide(cluster: Cluster, direction: Direction, pod: Pod, remote: Endpoint, remoteIpv4: number, conn: Connection, explain: boolean): DirectionVerdict {
   const policies = cluster.policiesFor(pod, direction);
   const reasons: string[] | undefined = explain ? [] : undefined;
-  const verdict: DirectionVerdict = { direction, enforcedPod: pod, isolated: policies.length > 0, allowed: true, allowing: NONE, fromOwnNode: false };
-  if (reasons) verdict.reasons = reasons;
-  if (!verdict.isolated) {
+  const described = (v: DirectionVerdict): DirectionVerdict => (reasons ? { ...v, reasons } : v);
+  if (policies.length === 0) {
     reasons?.push(`no ${direction} policy selects ${pod.namespace}/${pod.name}: not isolated for ${direction}, allowed`);
-    return verdict;
+    return described(NOT_ISOLATED[direction]);
   }
   reasons?.push(`${direction} policies selecting ${pod.namespace}/${pod.name}: ${policies.map((p) => `${p.namespace}/${p.name}`).join(', ')}`);
   if (remote.kind === 'node' && remote.node.name === pod.nodeName) {
-    verdict.fromOwnNode = true;
     reasons?.push(`${describeEndpoint(remote)} is the pod's own node: always allowed (kubelet probes), logged with an empty policy name`);
-    return verdict;
+    return described(OWN_NODE[direction]);
   }
-  const destPod = direction === 'ingress' ? pod : remote.kind === 'pod' ? remote.pod : undefined;
   const cacheKey = reasons ? -1 : verdictCacheKey(remote, remoteIpv4, conn);
   const cache = cacheKey >= 0 ? verdictCacheOf(cluster, pod, direction) : undefined;
   const cached = cache?.get(cacheKey);
-  if (cached) {
-    verdict.allowing = cached;
-    verdict.allowed = cached.length > 0;
-    return verdict;
-  }
+  if (cached) return cached;
+  const destPod = direction === 'ingress' ? pod : remote.kind === 'pod' ? remote.pod : undefined;
+  let allowing = NONE;
   for (const policy of policies) {
     const rules = direction === 'ingress' ? policy.ingress : policy.egress;
     let matched = false;
     if (rules.length === 0) reasons?.push(`${policy.namespace}/${policy.name}: no ${direction} rules (denies all ${direction})`);
     for (let i = 0; i < rules.length && (!matched || reasons); i++) {
       if (ruleMatches(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod)) {
-        if (!matched) verdict.allowing = verdict.allowing === NONE ? [policy] : [...verdict.allowing, policy];
+        if (!matched) allowing = allowing === NONE ? [policy] : [...allowing, policy];
         matched = true;
         reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: matches, allows`);
       } else reasons?.push(`${policy.namespace}/${policy.name} ${direction}[${i}]: ${mismatchReason(cluster, rules[i]!, policy, conn, remote, remoteIpv4, destPod)}`);
     }
   }
-  verdict.allowed = verdict.allowing.length > 0;
+  const verdict: DirectionVerdict = { direction, isolated: true, allowed: allowing.length > 0, allowing, fromOwnNode: false };
   if (!verdict.allowed) reasons?.push(`no rule of the selecting policies allows it: denied on ${direction}`);
   if (cache) {
     if (++cluster.cachedVerdicts > MAX_CACHED_VERDICTS) {
       cluster.verdictCache.clear();
       cluster.cachedVerdicts = 0;
     }
-    cache.set(cacheKey, verdict.allowing);
+    cache.set(cacheKey, verdict);
   }
-  return verdict;
+  return described(verdict);
 }
 
 const MAX_CACHED_VERDICTS = 2_000_000;
@@ -180,11 +183,18 @@ function verdictCacheKey(remote: Endpoint, remoteIpv4: number, conn: Connection)
   return remoteId * 524_288 + (conn.destPort ?? 0) * 8 + PROTOCOL_CODES[conn.protocol];
 }
 
-function verdictCacheOf(cluster: Cluster, pod: Pod, direction: Direction): Map<number, CompiledPolicy[]> {
+function verdictCacheOf(cluster: Cluster, pod: Pod, direction: Direction): Map<number, DirectionVerdict> {
   const key = pod.identity * 2 + (direction === 'ingress' ? 1 : 0);
   let cache = cluster.verdictCache.get(key);
   if (!cache) cluster.verdictCache.set(key, (cache = new Map()));
   return cache;
+}
+
+/** The pod enforcing `direction` of a verdict: the source for egress, the destination for ingress. */
+export function enforcedPodOf(verdict: Verdict, direction: Direction): Pod {
+  const end = direction === 'egress' ? verdict.src : verdict.dest;
+  if (end.kind !== 'pod') throw new Error(`no pod enforces ${direction} here`);
+  return end.pod;
 }
 
 /** The verdict for one connection attempt; `explain` adds the reasons behind each direction's decision. */
@@ -199,14 +209,14 @@ export function evaluate(cluster: Cluster, conn: Connection, explain = false): V
     return verdict;
   }
   if (src.kind === 'pod') {
-    verdict.egress = decide(cluster, 'egress', src, dest, destIpv4, conn, explain);
+    verdict.egress = decide(cluster, 'egress', src.pod, dest, destIpv4, conn, explain);
     if (!verdict.egress.allowed) {
       verdict.allowed = false;
       return verdict;
     }
   }
   if (dest.kind === 'pod') {
-    verdict.ingress = decide(cluster, 'ingress', dest, src, srcIpv4, conn, explain);
+    verdict.ingress = decide(cluster, 'ingress', dest.pod, src, srcIpv4, conn, explain);
     verdict.allowed = verdict.ingress.allowed;
   }
   return verdict;

@@ -1,6 +1,6 @@
 import type { PolicyActionRecord } from '../model/index.ts';
 import { NetpolError } from './errors.ts';
-import { type Connection, describeEndpoint, evaluate } from './evaluate.ts';
+import { type Connection, describeEndpoint, enforcedPodOf, evaluate } from './evaluate.ts';
 import { normalizeIp } from './ip.ts';
 import type { Cluster, Direction, Protocol } from './model.ts';
 import { PolicyActionRecorder } from './recorder.ts';
@@ -72,17 +72,19 @@ export function explainConnection(cluster: Cluster, conn: Connection, at = new D
   const verdict = evaluate(cluster, conn, true);
   const port = conn.protocol === 'icmp' ? 'icmp' : `port ${conn.destPort}/${conn.protocol}`;
   const directions: DirectionExplanation[] = [];
-  for (const d of [verdict.egress, verdict.ingress])
-    if (d)
-      directions.push({
-        direction: d.direction,
-        enforcedAt: `${d.enforcedPod.namespace}/${d.enforcedPod.name} on node ${d.enforcedPod.nodeName || '(unscheduled)'}`,
-        reached: true,
-        isolated: d.isolated,
-        allowed: d.allowed,
-        allowedBy: d.allowing.map((p) => `${p.namespace}/${p.name}`),
-        reasons: d.reasons ?? [],
-      });
+  for (const d of [verdict.egress, verdict.ingress]) {
+    if (!d) continue;
+    const pod = enforcedPodOf(verdict, d.direction);
+    directions.push({
+      direction: d.direction,
+      enforcedAt: `${pod.namespace}/${pod.name} on node ${pod.nodeName || '(unscheduled)'}`,
+      reached: true,
+      isolated: d.isolated,
+      allowed: d.allowed,
+      allowedBy: d.allowing.map((p) => `${p.namespace}/${p.name}`),
+      reasons: d.reasons ?? [],
+    });
+  }
   if (verdict.egress && !verdict.egress.allowed && verdict.dest.kind === 'pod')
     directions.push({ direction: 'ingress', enforcedAt: `${verdict.dest.pod.namespace}/${verdict.dest.pod.name} on node ${verdict.dest.pod.nodeName || '(unscheduled)'}`, reached: false, isolated: false, allowed: false, allowedBy: [], reasons: ['not reached: the connection was denied on egress'] });
   const records: PolicyActionRecord[] = [];

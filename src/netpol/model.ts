@@ -1,4 +1,5 @@
 import type { PolicyActionEndpoint } from '../model/index.ts';
+import type { DirectionVerdict } from './evaluate.ts';
 import { type Cidr, firstHostOf, Ipv4Table, ipv4ToInt, normalizeIp, parseCidr } from './ip.ts';
 import { type LoggingSetting, DEFAULT_LOGGING } from './logging.ts';
 import { compileSelector, type Labels, type Selector, selectorProblems } from './selectors.ts';
@@ -360,7 +361,7 @@ export class Cluster {
    * Directional verdicts by (enforced identity, direction) → (remote identity or IPv4, port, protocol) → allowing
    * policies (empty: denied). Valid for this Cluster only; a reload starts empty. Bounded by `MAX_CACHED_VERDICTS`.
    */
-  readonly verdictCache = new Map<number, Map<number, CompiledPolicy[]>>();
+  readonly verdictCache = new Map<number, Map<number, DirectionVerdict>>();
   cachedVerdicts = 0;
 
   constructor(

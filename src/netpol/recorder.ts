@@ -1,6 +1,6 @@
 import type { PolicyActionEndpoint, PolicyActionRecord } from '../model/index.ts';
 import { DatagramTracker, DenyAggregator } from './aggregate.ts';
-import { type Connection, type DirectionVerdict, type Endpoint, evaluate, type Verdict } from './evaluate.ts';
+import { type Connection, type DirectionVerdict, type Endpoint, enforcedPodOf, evaluate, type Verdict } from './evaluate.ts';
 import type { ObservedFlow, TupleFlow } from './flows.ts';
 import { allowedPoliciesToLog, denyIsLogged } from './logging.ts';
 import { policyLoggingMetrics as metrics } from './metrics.ts';
@@ -157,8 +157,9 @@ export class PolicyActionRecorder {
     s.direction = d.direction;
     s.allowed = d.allowed;
     s.policies = d.fromOwnNode ? 'own-node' : d.allowing;
-    s.nodeName = d.enforcedPod.nodeName;
-    s.namespace = d.enforcedPod.namespace;
+    const pod = enforcedPodOf(verdict, d.direction);
+    s.nodeName = pod.nodeName;
+    s.namespace = pod.namespace;
     s.conn = flow.conn;
     s.timestamp = flow.timestamp;
     s.t = flow.t;
