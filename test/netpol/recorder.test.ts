@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { NetpolError, parseNetworkLogging } from '../../src/netpol/index.ts';
 import { serializeRecord } from '../../src/netpol/recorder.ts';
+import { serveMetrics } from '../../src/telemetry/index.ts';
 import { clusterWith, IP, loggingYaml, metricValue, policyYaml, record, type TestFlow } from './helpers.ts';
 
 // prod carries policy.network.gke.io/enable-deny-logging: "true"; dev does not (fixtures/netpol/cluster.yaml).
@@ -147,6 +148,20 @@ describe('--node', () => {
 });
 
 describe('metrics', () => {
+  test('the four policy_logging counters are served on /metrics (as --metrics-listen does)', async () => {
+    const { cluster } = clusterWith(policyYaml('i', 'prod', 'podSelector: {}\ningress: []'));
+    record(cluster, [[0, IP.client, IP.web, 1, 8080, 'tcp']], { denyAggregationMaxKeys: 1 });
+    const server = await serveMetrics('127.0.0.1:0');
+    try {
+      const { port } = server.address() as { port: number };
+      const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      for (const name of ['policy_logging_event_count{verdict="deny"}', 'policy_logging_log_count{enforcement="ingress",verdict="deny"}', '# TYPE policy_logging_drop_count counter', '# TYPE policy_logging_error_count counter'])
+        assert.ok(text.includes(name), name);
+    } finally {
+      server.close();
+    }
+  });
+
   test('events and logs are counted by verdict and enforcement', async () => {
     const { cluster } = clusterWith(policyYaml('i', 'prod', 'podSelector: {matchLabels: {app: web}}\ningress: [{ports: [{port: 8080}]}]'));
     const read = async () => [
