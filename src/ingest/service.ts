@@ -175,19 +175,11 @@ export class IngestService {
     const total = orgs.reduce((n, org) => n + this.ledger.treeSize(org), 0);
     let done = 0;
     for (const org of orgs) {
-      let batch: { index: number; entry: LogEntry }[] = [];
-      for await (const row of this.ledger.read(org, 0)) {
-        batch.push(row);
-        if (batch.length === 10_000) {
-          await this.index.insert(org, batch);
-          done += batch.length;
-          onProgress?.(done, total);
-          batch = [];
-        }
+      for await (const batch of this.ledger.readBatches(org, 0)) {
+        await this.index.insert(org, batch);
+        done += batch.length;
+        onProgress?.(done, total);
       }
-      if (batch.length) await this.index.insert(org, batch);
-      done += batch.length;
-      onProgress?.(done, total);
       this.indexedUpTo.set(org, this.ledger.treeSize(org));
     }
     return done;

@@ -17,6 +17,8 @@ export class ApiError extends Error {
 }
 
 const log = componentLogger('api');
+/** Ledger refusals caused by the request itself; every other ledger failure is the store's (503). */
+const CLIENT_LEDGER_ERRORS = new Set<string>(['INVALID_ARGUMENT', 'INVALID_ORG', 'INVALID_ENTRY']);
 
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | Error, request, reply) => {
@@ -31,6 +33,9 @@ export function installErrorHandler(app: FastifyInstance): void {
     } else if (err instanceof QueryError) {
       status = 400;
       body = { code: 'INVALID_FILTER', message: err.message, reason: err.code, line: err.line, column: err.column };
+    } else if (err instanceof LedgerError && CLIENT_LEDGER_ERRORS.has(err.code)) {
+      status = 400;
+      body = { code: 'INVALID_ARGUMENT', message: err.message, reason: err.code };
     } else if (err instanceof LedgerError) {
       status = 503;
       body = { code: 'STORAGE_UNAVAILABLE', message: `the ledger could not store the entries; nothing was acknowledged: ${err.message}`, reason: err.code };
