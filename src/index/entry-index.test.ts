@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { LogEntry } from '../model/index.ts';
 import { QueryError } from '../query/index.ts';
-import { EntryIndex, MAX_PAGE_SIZE } from './index.ts';
+import { EntryIndex, IndexError, MAX_PAGE_SIZE } from './index.ts';
 
 function entry(i: number, org = 'acme', second = i): LogEntry {
   const timestamp = new Date(Date.UTC(2024, 0, 1) + second * 1000).toISOString();
@@ -111,6 +111,9 @@ describe('EntryIndex', () => {
       await fresh.insert('acme', [...rows(8, 9), ...rows(8, 9)]); // a duplicate inside one batch
       assert.equal(await fresh.indexedSize('acme'), 9);
       assert.equal((await fresh.list({ organization: 'acme', pageSize: 100 })).entries.length, 9);
+      await assert.rejects(fresh.insert('acme', rows(10, 12)), (e: unknown) => e instanceof IndexError && e.code === 'INDEX_GAP');
+      await fresh.insert('acme', rows(9, 12)); // nothing of the refused batch was stored
+      assert.equal(await fresh.indexedSize('acme'), 12);
       await fresh.clear('acme');
       assert.equal(await fresh.indexedSize('acme'), 0);
     } finally {

@@ -26,6 +26,16 @@ export interface ListRequest {
   since?: string;
 }
 
+/** The closed set of index failures (a bad filter or page token is a QueryError instead). */
+export type IndexErrorCode = 'INDEX_GAP';
+
+export class IndexError extends Error {
+  override readonly name = 'IndexError';
+  constructor(readonly code: IndexErrorCode, message: string) {
+    super(message);
+  }
+}
+
 export interface IndexRow {
   /** The entry's ledger index within its organization. */
   index: number;
@@ -106,14 +116,19 @@ export class EntryIndex {
 
   private async append(org: string, rows: IndexRow[]): Promise<void> {
     let next = await this.readIndexedSize(org);
-    const fresh = rows.filter((r) => r.index >= next).sort((a, b) => a.index - b.index);
+    const fresh: IndexRow[] = [];
+    for (const row of [...rows].sort((a, b) => a.index - b.index)) {
+      if (row.index < next) continue; // already indexed: a retried or replayed batch
+      if (row.index > next) {
+        throw new IndexError('INDEX_GAP', `organization ${org}: expected ledger index ${next}, got ${row.index}; the index follows the ledger without gaps`);
+      }
+      fresh.push(row);
+      next++;
+    }
     if (fresh.length === 0) return;
     const appender = await this.writer.createAppender('entries');
     try {
-      let last = -1;
       for (const { index, entry, json } of fresh) {
-        if (index === last) continue;
-        last = index;
         const c = indexedColumns(entry);
         appender.appendVarchar(org);
         appender.appendBigInt(BigInt(index));
@@ -127,13 +142,15 @@ export class EntryIndex {
         appender.appendVarchar(c.fields);
         appender.appendVarchar(c.fieldsFolded);
         appender.endRow();
-        next = Math.max(next, index + 1);
       }
       appender.flushSync();
+      this.nextIndex.set(org, next);
+    } catch (e) {
+      this.nextIndex.delete(org); // some rows may have landed: read the catch-up point from the table again
+      throw e;
     } finally {
       appender.closeSync();
     }
-    this.nextIndex.set(org, next);
   }
 
   /** The next ledger index not yet indexed for `org`: where catch-up from the ledger starts after a crash. */
