@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,14 +13,21 @@ import { auth, curl, openTunnel, readUntil, spawnCli, startEchoOrigin, startProx
 
 let echo: Origin;
 let run: RunningProxy;
+/** A listener that never accepts: once its accept queue is full, further SYNs are dropped and dials hang. */
+let blackhole: { port: number; child: ChildProcess; fillers: Socket[] };
 const SOURCE = 'ri.source.sales-db';
 
 before(async () => {
   echo = await startEchoOrigin();
+  const child = spawn('python3', ['-c', 'import socket,sys,time\ns=socket.socket()\ns.bind(("127.0.0.1",0))\ns.listen(0)\nprint(s.getsockname()[1],flush=True)\ntime.sleep(120)'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))));
+  const fillers = [connect(port, '127.0.0.1'), connect(port, '127.0.0.1'), connect(port, '127.0.0.1')];
+  for (const f of fillers) f.on('error', () => {});
+  blackhole = { port, child, fillers };
   run = await startProxy({
-    timeouts: { handshake_ms: 400, idle_ms: 600 },
+    timeouts: { handshake_ms: 400, idle_ms: 600, connect_ms: 300 },
     limits: { max_header_bytes: 4096 },
-    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.1/32', ports: [echo.port] }] }],
+    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.1/32', ports: [echo.port, port] }] }],
     sources: [
       { id: SOURCE, credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] },
       { id: 'ri.source.limited', credentials: { username: 'limited', password: 'pw' }, policies: ['p'], max_connections: 1 },
@@ -30,6 +38,16 @@ before(async () => {
 after(async () => {
   await run.close();
   await echo.close();
+  for (const f of blackhole.fillers) f.destroy();
+  blackhole.child.kill('SIGKILL');
+});
+
+test('a destination that never answers the SYN fails as connect_timeout (504)', async () => {
+  const before = run.records.length;
+  await assert.rejects(openTunnel(run.http, `127.0.0.1:${blackhole.port}`), /504 Gateway Timeout/);
+  const record = await newRecord(before, (r) => r.failure_reason === 'connect_timeout');
+  assert.equal(record.response_flags, 'failed');
+  assert.equal(record.destination_address, '127.0.0.1');
 });
 
 function raw(address: string, bytes: string | Buffer): Promise<{ answer: string; socket: Socket }> {
@@ -198,7 +216,7 @@ describe('the egress command as a process', () => {
     }
   });
 
-  test('reload on SIGHUP keeps an open tunnel; SIGTERM drains it and the record has its bytes', async () => {
+  test('reload on file change and SIGHUP keeps an open tunnel; SIGTERM drains it and the record has its bytes', async () => {
     const config = (ports: number[]): string =>
       [
         'listen: 127.0.0.1:0',
@@ -219,9 +237,9 @@ describe('the egress command as a process', () => {
     await echoes(tunnel, 'before reload');
 
     // The new config no longer allows the echo port: new connections are refused, the open tunnel is not.
+    // No signal here: the file change alone triggers the reload.
     writeFileSync(file, config([1]));
-    proc.child.kill('SIGHUP');
-    await waitFor(() => /egress config applied/.test(proc.stderr()), 'the reload to be applied');
+    await waitFor(() => /egress config applied/.test(proc.stderr()), 'the file change to be applied');
     await assert.rejects(openTunnel(address, `127.0.0.1:${echo.port}`), /403 Forbidden/);
     await echoes(tunnel, 'after reload');
 
