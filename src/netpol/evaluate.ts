@@ -128,15 +128,14 @@ const OWN_NODE: Record<Direction, DirectionVerdict> = {
 function decide(cluster: Cluster, direction: Direction, pod: Pod, remote: Endpoint, remoteIpv4: number, conn: Connection, explain: boolean): DirectionVerdict {
   const policies = cluster.policiesFor(pod, direction);
   const reasons: string[] | undefined = explain ? [] : undefined;
-  const described = (v: DirectionVerdict): DirectionVerdict => (reasons ? { ...v, reasons } : v);
   if (policies.length === 0) {
     reasons?.push(`no ${direction} policy selects ${pod.namespace}/${pod.name}: not isolated for ${direction}, allowed`);
-    return described(NOT_ISOLATED[direction]);
+    return withReasons(NOT_ISOLATED[direction], reasons);
   }
   reasons?.push(`${direction} policies selecting ${pod.namespace}/${pod.name}: ${policies.map((p) => `${p.namespace}/${p.name}`).join(', ')}`);
   if (remote.kind === 'node' && remote.node.name === pod.nodeName) {
     reasons?.push(`${describeEndpoint(remote)} is the pod's own node: always allowed (kubelet probes), logged with an empty policy name`);
-    return described(OWN_NODE[direction]);
+    return withReasons(OWN_NODE[direction], reasons);
   }
   const cacheKey = reasons ? -1 : verdictCacheKey(remote, remoteIpv4, conn);
   const cache = cacheKey >= 0 ? verdictCacheOf(cluster, pod, direction) : undefined;
@@ -165,7 +164,12 @@ function decide(cluster: Cluster, direction: Direction, pod: Pod, remote: Endpoi
     }
     cache.set(cacheKey, verdict);
   }
-  return described(verdict);
+  return withReasons(verdict, reasons);
+}
+
+// A top-level function, not a closure: tsx names every closure it creates (`__name`), which is slow on a hot path.
+function withReasons(verdict: DirectionVerdict, reasons: string[] | undefined): DirectionVerdict {
+  return reasons ? { ...verdict, reasons } : verdict;
 }
 
 const MAX_CACHED_VERDICTS = 2_000_000;
