@@ -17,7 +17,7 @@ import type { Column } from './catalog.ts';
 import type { SingleFieldTransformationConfig, TransformationConfig } from './config.ts';
 import type { Principal, TablePlan } from './policy.ts';
 import { identifier, literal } from './sql.ts';
-import { compileTokenPattern, tokenBytes, tokenFromBytes, tokenSql } from './tokens.ts';
+import { compileTokenPattern, tokenBlocks, tokenFromBlocks, tokenSql } from './tokens.ts';
 
 const ROW = '"__custos_row"';
 const HASH = '"__custos_hash"';
@@ -44,12 +44,9 @@ function hmacSql(key: Buffer, valueSql: string): string {
   return `pg_catalog.sha256(${hex(opad)} || pg_catalog.sha256(${hex(ipad)} || pg_catalog.convert_to(CAST(${valueSql} AS text), 'UTF8')))`;
 }
 
-/** Extends a 32-byte hash expression to `n` bytes by hashing it with a counter. */
-function widen(hashSql: string, n: number): string {
-  const blocks = Math.ceil(n / 32);
-  const parts = [hashSql];
-  for (let i = 1; i < blocks; i++) parts.push(`pg_catalog.sha256(${hashSql} || ${hex(Buffer.from([i]))})`);
-  return parts.length === 1 ? hashSql : `(${parts.join(' || ')})`;
+/** `n` 32-byte hash blocks: the hash, then the hash hashed with a counter. */
+function blocks(hashSql: string, n: number): string[] {
+  return Array.from({ length: n }, (_, i) => (i === 0 ? hashSql : `pg_catalog.sha256(${hashSql} || ${hex(Buffer.from([i]))})`));
 }
 
 interface Built {
@@ -83,16 +80,16 @@ class MaskBuilder {
     if ('regex' in t || 'numericRegex' in t) {
       const p = 'regex' in t ? t.regex : t.numericRegex;
       const atoms = compileTokenPattern(p.regex);
-      const need = tokenBytes(atoms);
-      let hash: string;
+      const need = tokenBlocks(atoms);
+      let hash: string[];
       if (p.consistent) {
         // Computed once per row in the inner query, then read as many times as the token has characters.
         const name = `"__custos_h${this.hashes.length}"`;
         const group = p.consistencyGroupId ?? `${this.plan.key}.${column.name}`;
         this.hashes.push(`${hmacSql(groupKey(this.keys, group), value)} AS ${name}`);
-        hash = widen(`${HASH}.${name}`, need);
+        hash = blocks(`${HASH}.${name}`, need);
       } else {
-        hash = widen(`pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.random()::text || pg_catalog.clock_timestamp()::text, 'UTF8'))`, need);
+        hash = blocks(`pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.random()::text || pg_catalog.clock_timestamp()::text, 'UTF8'))`, need);
       }
       let token = tokenSql(atoms, hash);
       if (p.watermarkingRegex) token = `(${token} || ${literal(this.watermark(p.watermarkingRegex))})`;
@@ -107,8 +104,7 @@ class MaskBuilder {
   private watermark(pattern: string): string {
     const atoms = compileTokenPattern(pattern);
     const mac = groupKey(this.keys, `custos-watermark:${this.who.id}:${this.who.project}`);
-    const bytes = Buffer.concat(Array.from({ length: Math.ceil(tokenBytes(atoms) / 32) + 1 }, (_, i) => createHmac('sha256', mac).update(String(i)).digest()));
-    return tokenFromBytes(atoms, bytes);
+    return tokenFromBlocks(atoms, Array.from({ length: tokenBlocks(atoms) }, (_, i) => createHmac('sha256', mac).update(String(i)).digest()));
   }
 
   field(t: TransformationConfig, column: Column): string | undefined {

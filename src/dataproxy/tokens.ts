@@ -1,8 +1,8 @@
 /**
  * Tokens shaped by a regular expression (the `regex` / `numericRegex` transformations): a small regex subset
  * (literals, escapes, `.`, `\d \w \s`, classes with ranges, quantifiers `? * + {n} {m,n}`) compiled to a list of
- * atoms, each a character set repeated between min and max times. The characters are chosen by bytes of a keyed
- * hash of the original value, so equal inputs in one consistency group give equal tokens.
+ * atoms, each a character set repeated between min and max times. The characters are chosen by a keyed hash of
+ * the original value, so equal inputs in one consistency group give equal tokens.
  */
 import { DataProxyError } from './errors.ts';
 import { literal } from './sql.ts';
@@ -94,46 +94,64 @@ export function compileTokenPattern(pattern: string): TokenAtom[] {
     atoms.push({ chars, min, max });
   }
   if (atoms.length === 0) fail('empty pattern');
-  if (tokenBytes(atoms) > MAX_TOKEN_LENGTH * 2) fail(`tokens longer than ${MAX_TOKEN_LENGTH} characters`);
+  if (atoms.reduce((n, a) => n + a.max, 0) > MAX_TOKEN_LENGTH) fail(`tokens longer than ${MAX_TOKEN_LENGTH} characters`);
+  if (atoms.filter((a) => a.max > a.min).length > MAX_VARIABLE_ATOMS) fail(`more than ${MAX_VARIABLE_ATOMS} variable-length parts`);
   return atoms;
 }
 
-/** How many hash bytes a token needs: one per character position plus one per variable-length atom. */
-export function tokenBytes(atoms: TokenAtom[]): number {
-  return atoms.reduce((n, a) => n + a.max + (a.max > a.min ? 1 : 0), 0);
+const BASE64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+/** Base64 characters taken from one 32-byte hash block (the 44th is padding). */
+const CHARS_PER_BLOCK = 43;
+const MAX_VARIABLE_ATOMS = 32;
+
+/** Each atom's characters come from the base64 text of the hash, mapped onto its set: base64 symbol i → chars[i mod n]. */
+function mapping(chars: string): string {
+  let out = '';
+  for (let i = 0; i < 64; i++) out += chars[i % chars.length];
+  return out;
 }
 
-/** A token from hash bytes, in JavaScript (used for watermarks and to test the SQL form against). */
-export function tokenFromBytes(atoms: TokenAtom[], bytes: Uint8Array): string {
-  let at = 0;
+/** How many 32-byte hash blocks a token needs. */
+export function tokenBlocks(atoms: TokenAtom[]): number {
+  return Math.max(1, Math.ceil(atoms.reduce((n, a) => n + a.max, 0) / CHARS_PER_BLOCK));
+}
+
+/** A token from hash blocks, in JavaScript: the same algorithm as `tokenSql` (used for watermarks and tests). */
+export function tokenFromBlocks(atoms: TokenAtom[], blocks: Uint8Array[]): string {
+  const b64 = blocks.map((b) => Buffer.from(b).toString('base64').slice(0, CHARS_PER_BLOCK)).join('');
+  let pos = 0;
+  let variable = 0;
   let out = '';
   for (const a of atoms) {
+    const map = mapping(a.chars);
     let part = '';
-    for (let k = 0; k < a.max; k++) part += a.chars[bytes[at++]! % a.chars.length];
-    const count = a.max > a.min ? a.min + (bytes[at++]! % (a.max - a.min + 1)) : a.max;
-    out += part.slice(0, count);
+    for (const ch of b64.slice(pos, pos + a.max)) part += map[BASE64.indexOf(ch)];
+    pos += a.max;
+    if (a.max > a.min) part = part.slice(0, a.min + (blocks[0]![31 - variable++]! % (a.max - a.min + 1)));
+    out += part;
   }
   return out;
 }
 
-/** The same token as a SQL expression over `bytes`, a bytea expression at least `tokenBytes` long. */
-export function tokenSql(atoms: TokenAtom[], bytes: string): string {
-  let at = 0;
+/**
+ * The same token as SQL over `blocks` (bytea expressions of 32 bytes): one translate() per atom rather than one
+ * expression per character, so the database plans and evaluates it cheaply.
+ */
+export function tokenSql(atoms: TokenAtom[], blocks: string[]): string {
+  const b64 = blocks.length === 1
+    ? `pg_catalog.encode(${blocks[0]}, 'base64')`
+    : `(${blocks.map((b) => `pg_catalog.substr(pg_catalog.encode(${b}, 'base64'), 1, ${CHARS_PER_BLOCK})`).join(' || ')})`;
+  let pos = 0;
+  let variable = 0;
   const parts: string[] = [];
   for (const a of atoms) {
     if (a.max === 0) continue;
-    const chars: string[] = [];
-    for (let k = 0; k < a.max; k++) {
-      chars.push(a.chars.length === 1 ? literal(a.chars) : `substr(${literal(a.chars)}, get_byte(${bytes}, ${at}) % ${a.chars.length} + 1, 1)`);
-      at++;
-    }
-    const joined = chars.length === 1 ? chars[0]! : `(${chars.join(' || ')})`;
-    if (a.max > a.min) {
-      parts.push(`left(${joined}, ${a.min} + get_byte(${bytes}, ${at}) % ${a.max - a.min + 1})`);
-      at++;
-    } else {
-      parts.push(joined);
-    }
+    let part = a.chars.length === 1 && a.min === a.max
+      ? literal(a.chars.repeat(a.max))
+      : `pg_catalog.translate(pg_catalog.substr(${b64}, ${pos + 1}, ${a.max}), '${BASE64}', ${literal(mapping(a.chars))})`;
+    pos += a.max;
+    if (a.max > a.min) part = `pg_catalog.left(${part}, ${a.min} + pg_catalog.get_byte(${blocks[0]}, ${31 - variable++}) % ${a.max - a.min + 1})`;
+    parts.push(part);
   }
   return parts.length === 1 ? parts[0]! : `(${parts.join(' || ')})`;
 }
