@@ -98,7 +98,12 @@ export async function startAgent(options: AgentServerOptions): Promise<AgentServ
     log.debug({ connection: headerValue(head, 'Custos-Connection-Id'), target: head.target }, 'tunnel closed');
   };
 
-  const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => void handle(socket));
+  const server: Server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    handle(socket).catch((err: Error) => {
+      log.error({ err }, 'agent connection handler failed');
+      socket.destroy();
+    });
+  });
   const { host, port } = splitHostPort(options.listen);
   await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, resolve));
   const bound = server.address() as { address: string; port: number };
