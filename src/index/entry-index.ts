@@ -154,9 +154,11 @@ export class EntryIndex {
   }
 
   /** The next ledger index not yet indexed for `org`: where catch-up from the ledger starts after a crash. */
-  async indexedSize(org: string): Promise<number> {
-    await this.writes;
-    return this.readIndexedSize(org);
+  indexedSize(org: string): Promise<number> {
+    // Queued behind inserts: a concurrent read of max(idx) must not overwrite the cursor an insert just moved.
+    const run = this.writes.then(() => this.readIndexedSize(org));
+    this.writes = run.catch(() => undefined);
+    return run;
   }
 
   private async readIndexedSize(org: string): Promise<number> {

@@ -17,6 +17,9 @@ export interface WriteResult {
 
 type Subscriber = (entry: LogEntry) => void;
 
+/** DuckDB writes batches of at least this many rows straight to the table file, skipping its write-ahead log. */
+const INDEX_BATCH = 131_072;
+
 /**
  * The write path: complete and dedupe entries, append them to the organization's ledger (resolving once durable),
  * then feed the index and live subscribers. The index is derived: it follows the ledger in index order and catches
@@ -143,13 +146,13 @@ export class IngestService {
       while (cursor < target) {
         const batch: { index: number; entry: LogEntry }[] = [];
         if (rows.has(cursor)) {
-          for (let i = cursor; i < target && batch.length < 10_000; i++) {
+          for (let i = cursor; i < target && batch.length < INDEX_BATCH; i++) {
             const entry = rows.get(i);
             if (!entry) break;
             batch.push({ index: i, entry });
           }
         } else {
-          for await (const row of this.ledger.read(org, cursor, Math.min(target, cursor + 10_000))) batch.push(row);
+          for await (const rows of this.ledger.readBatches(org, cursor, Math.min(target, cursor + INDEX_BATCH))) batch.push(...rows);
         }
         if (batch.length === 0) break;
         await this.index.insert(org, batch);
@@ -175,11 +178,18 @@ export class IngestService {
     const total = orgs.reduce((n, org) => n + this.ledger.treeSize(org), 0);
     let done = 0;
     for (const org of orgs) {
-      for await (const batch of this.ledger.readBatches(org, 0)) {
+      let batch: { index: number; entry: LogEntry }[] = [];
+      const flush = async () => {
         await this.index.insert(org, batch);
         done += batch.length;
         onProgress?.(done, total);
+        batch = [];
+      };
+      for await (const rows of this.ledger.readBatches(org, 0)) {
+        for (const row of rows) batch.push(row);
+        if (batch.length >= INDEX_BATCH) await flush();
       }
+      if (batch.length) await flush();
       this.indexedUpTo.set(org, this.ledger.treeSize(org));
     }
     return done;
