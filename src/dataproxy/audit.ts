@@ -23,6 +23,9 @@ export interface QueryAudit {
 type Header = DataProxyAuditEvent['header'];
 
 export class AuditEvents {
+  /** requestData depends only on the tables a (cached) rewrite reads: built once per rewrite, shared read-only. */
+  private readonly requestDataCache = new WeakMap<TablePlan[], Record<string, unknown>>();
+
   constructor(private readonly config: DataProxyConfig) {}
 
   private ip(sourceIp: string | null): string | null {
@@ -98,10 +101,14 @@ export class AuditEvents {
   policyResolved(who: Principal, correlationId: string, q: QueryAudit): DataProxyAuditEvent {
     const verbose = this.config.audit.verbose;
     const metadata = 'metadata' in q.request;
-    const transformations = this.transformations(q, verbose);
-    const filters = q.tables.flatMap((t) => t.filters.map((f) => ({ field: this.field(f.field), expression: f.expression })));
-    const requestData: Record<string, unknown> = { transformations, filters };
-    if (this.config.audit.includeContext) Object.assign(requestData, this.context(who, q));
+    let requestData: Record<string, unknown> | undefined = this.config.audit.includeContext ? undefined : this.requestDataCache.get(q.tables);
+    if (!requestData) {
+      const transformations = this.transformations(q, verbose);
+      const filters = q.tables.flatMap((t) => t.filters.map((f) => ({ field: this.field(f.field), expression: f.expression })));
+      requestData = { transformations, filters };
+      if (this.config.audit.includeContext) Object.assign(requestData, this.context(who, q));
+      else this.requestDataCache.set(q.tables, requestData);
+    }
     return {
       header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant },
         metadata && verbose ? { outcome: 'SUCCESS' } : { outcome: 'SUCCESS', reason: null }, this.queryTarget()),
@@ -205,12 +212,13 @@ const SEVERITY: Record<Header['severity'], Severity> = { NORMAL: 'INFO', WARNING
 
 /**
  * Where events go: an NDJSON file (or stdout) and/or the store through a batching sink. File lines are gathered
- * and written once per event-loop turn: one write per query would cost more than the query's forwarding.
+ * and written every 50 ms or 256 KiB: one write per query would cost more than forwarding the query.
  */
 export class AuditLog {
   private readonly file: WriteStream | NodeJS.WriteStream | undefined;
   private pending: string[] = [];
-  private scheduled = false;
+  private pendingBytes = 0;
+  private timer: NodeJS.Timeout | undefined;
   constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string }) {
     if (options.logFile === '-') this.file = process.stdout;
     else if (options.logFile) this.file = createWriteStream(options.logFile, { flags: 'a' });
@@ -218,20 +226,22 @@ export class AuditLog {
 
   emit(event: DataProxyAuditEvent, categories: string[]): void {
     if (this.file) {
-      this.pending.push(JSON.stringify(event));
-      if (!this.scheduled) {
-        this.scheduled = true;
-        setImmediate(() => this.flushFile());
-      }
+      const line = JSON.stringify(event);
+      this.pending.push(line);
+      this.pendingBytes += line.length;
+      if (this.pendingBytes >= 256 * 1024) this.flushFile();
+      else this.timer ??= setTimeout(() => this.flushFile(), 50);
     }
     if (this.options.sink) this.options.sink.add(toLogEntry(event, categories, this.options.project));
   }
 
   private flushFile(): void {
-    this.scheduled = false;
+    clearTimeout(this.timer);
+    this.timer = undefined;
     if (this.pending.length === 0 || !this.file) return;
     this.file.write(this.pending.join('\n') + '\n');
     this.pending = [];
+    this.pendingBytes = 0;
   }
 
   async close(): Promise<void> {
