@@ -7,7 +7,7 @@
  * Bounded: fixed byte counts and durations. Run: node --import tsx bench/egress-proxies.ts [--quick]
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -245,8 +245,16 @@ async function tunnelOnce(peer: Peer | undefined, originPort: number): Promise<n
   return Number(process.hrtime.bigint() - started) / 1e6;
 }
 
-async function tunnelsPerSecond(peer: Peer, originPort: number, seconds: number): Promise<{ rate: number; errors: number }> {
+/** CPU time (user + system, all threads) a process has used, in ms: a cost that contention does not inflate much. */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100; // utime + stime, in USER_HZ (100 on Linux)
+}
+
+async function tunnelsPerSecond(peer: Peer, originPort: number, seconds: number): Promise<{ rate: number; errors: number; cpuUsPerTunnel: number }> {
   const deadline = Date.now() + seconds * 1000;
+  const cpuBefore = cpuMs(peer.child.pid!);
   let done = 0;
   let errors = 0;
   const worker = async (): Promise<void> => {
@@ -261,7 +269,7 @@ async function tunnelsPerSecond(peer: Peer, originPort: number, seconds: number)
   };
   const started = Date.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-  return { rate: done / ((Date.now() - started) / 1000), errors };
+  return { rate: done / ((Date.now() - started) / 1000), errors, cpuUsPerTunnel: ((cpuMs(peer.child.pid!) - cpuBefore) * 1000) / Math.max(1, done) };
 }
 
 async function latencyAtRate(peer: Peer | undefined, originPort: number): Promise<{ p50: number; p99: number; errors: number }> {
@@ -307,12 +315,15 @@ async function main(): Promise<void> {
 
   process.stderr.write('tunnels per second…\n');
   for (const peer of [...peers, haproxyReply]) await tunnelsPerSecond(peer, origin.reply, 1).catch(() => undefined); // warm-up
-  const tunnelRuns: Record<string, { rate: number; errors: number }[]> = {};
+  const tunnelRuns: Record<string, { rate: number; errors: number; cpuUsPerTunnel: number }[]> = {};
   for (let round = 0; round < ROUNDS; round++) {
     for (const peer of [...peers, haproxyReply]) (tunnelRuns[peer.name] ??= []).push(await tunnelsPerSecond(peer, origin.reply, TUNNEL_SECONDS));
   }
   const tunnels = Object.fromEntries(
-    Object.entries(tunnelRuns).map(([name, runs]) => [name, { rate: median(runs.map((r) => r.rate)), errors: runs.reduce((n, r) => n + r.errors, 0) }]),
+    Object.entries(tunnelRuns).map(([name, runs]) => [
+      name,
+      { rate: median(runs.map((r) => r.rate)), cpu: median(runs.map((r) => r.cpuUsPerTunnel)), errors: runs.reduce((n, r) => n + r.errors, 0) },
+    ]),
   );
 
   process.stderr.write('latency at 500 tunnels/s…\n');
@@ -325,20 +336,21 @@ async function main(): Promise<void> {
 
   const ours = 'custos egress';
   const lines = [
-    `| proxy | bulk MB/s (1 tunnel, ${BULK_BYTES / 1024 / 1024} MiB, median of ${ROUNDS}) | tunnels/s (${CONCURRENCY} clients, median of ${ROUNDS} × ${TUNNEL_SECONDS}s) | added latency p50 / p99 at ${LATENCY_RATE}/s (ms) |`,
-    '| --- | ---: | ---: | ---: |',
+    `| proxy | bulk MB/s (1 tunnel, ${BULK_BYTES / 1024 / 1024} MiB, median of ${ROUNDS}) | tunnels/s (${CONCURRENCY} clients, median of ${ROUNDS} × ${TUNNEL_SECONDS}s) | proxy CPU µs per tunnel | added latency p50 / p99 at ${LATENCY_RATE}/s (ms) |`,
+    '| --- | ---: | ---: | ---: | ---: |',
   ];
   for (const name of [ours, 'squid', 'tinyproxy', 'haproxy (TCP mode)']) {
     const l = latency[name]!;
     const errors = tunnels[name]!.errors + l.errors;
     lines.push(
-      `| ${name} | ${bulk[name]!.toFixed(0)} | ${tunnels[name]!.rate.toFixed(0)} | ${(l.p50 - l.direct.p50).toFixed(2)} / ${(l.p99 - l.direct.p99).toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})${errors ? `, ${errors} errors` : ''} |`,
+      `| ${name} | ${bulk[name]!.toFixed(0)} | ${tunnels[name]!.rate.toFixed(0)} | ${tunnels[name]!.cpu.toFixed(0)} | ${(l.p50 - l.direct.p50).toFixed(2)} / ${(l.p99 - l.direct.p99).toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})${errors ? `, ${errors} errors` : ''} |`,
     );
   }
   lines.push('');
   lines.push(
     `Ratios: bulk custos/haproxy ${(bulk[ours]! / bulk['haproxy (TCP mode)']!).toFixed(2)} (target ≥ 0.80); ` +
       `tunnels/s custos/squid ${(tunnels[ours]!.rate / tunnels['squid']!.rate).toFixed(2)}, custos/tinyproxy ${(tunnels[ours]!.rate / tunnels['tinyproxy']!.rate).toFixed(2)} (target > 1); ` +
+      `CPU per tunnel custos/squid ${(tunnels[ours]!.cpu / tunnels['squid']!.cpu).toFixed(2)}; ` +
       `added p99 ${(latency[ours]!.p99 - latency[ours]!.direct.p99).toFixed(2)} ms (target ≤ 1 ms).`,
   );
   process.stdout.write(`${lines.join('\n')}\n`);

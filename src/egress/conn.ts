@@ -145,7 +145,20 @@ export function relay(
       client.destroy();
       upstream.destroy();
     });
-    client.pipe(upstream);
-    upstream.pipe(client);
+    forward(client, upstream);
+    forward(upstream, client);
   });
+}
+
+/**
+ * One direction of the relay with backpressure: a full destination pauses the source until it drains, and the
+ * source's FIN becomes the destination's FIN. Leaner than `stream.pipe`, which matters at thousands of tunnels/s.
+ */
+function forward(from: Socket, to: Socket): void {
+  from.on('data', (chunk: Buffer) => {
+    if (!to.write(chunk)) from.pause();
+  });
+  to.on('drain', () => from.resume());
+  from.once('end', () => to.end());
+  from.resume();
 }
