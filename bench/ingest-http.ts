@@ -4,11 +4,11 @@
  *
  *   node --import tsx bench/ingest-http.ts [--entries 500000] [--clients 8] [--seconds 60]
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { spawnServe } from '../test/helpers/store.ts';
 
 const { values } = parseArgs({ options: { entries: { type: 'string', default: '500000' }, clients: { type: 'string', default: '8' }, seconds: { type: 'string', default: '60' } } });
 const total = Number(values.entries);
@@ -38,19 +38,7 @@ function entryLine(i: number): string {
 }
 
 const dataDir = await mkdtemp(join(tmpdir(), 'custos-bench-ingest-'));
-const child = spawn(process.execPath, ['bin/custos.js', 'serve', '--data', dataDir, '--port', '0'], {
-  env: { ...process.env, CUSTOS_ADMIN_TOKEN: TOKEN, CUSTOS_LOG_LEVEL: 'warn' },
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-const url = await new Promise<string>((resolve, reject) => {
-  let out = '';
-  child.stdout.on('data', (c: Buffer) => {
-    out += c.toString();
-    const m = /listening on (http:\/\/\S+)/.exec(out);
-    if (m) resolve(m[1]!);
-  });
-  child.once('exit', (code) => reject(new Error(`server exited ${code}`)));
-});
+const { child, url } = await spawnServe(dataDir, { CUSTOS_ADMIN_TOKEN: TOKEN });
 
 // Bodies are built before the clock starts so the client's own JSON work does not count against the server.
 const batches: string[] = [];

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { ADMIN } from '../helpers/store.ts';
+import { ADMIN, spawnServe } from '../helpers/store.ts';
 
 const execFileAsync = promisify(execFile);
 const bin = join(import.meta.dirname, '../../bin/custos.js');
@@ -30,16 +30,7 @@ describe('the store through the custos CLI', () => {
 
   before(async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'custos-cli-'));
-    server = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--port', '0'], { env: { ...process.env, CUSTOS_ADMIN_TOKEN: ADMIN }, stdio: ['ignore', 'pipe', 'inherit'] });
-    url = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      server.stdout!.on('data', (c: Buffer) => {
-        out += c.toString();
-        const m = /listening on (http:\/\/\S+)/.exec(out);
-        if (m) resolve(m[1]!);
-      });
-      server.once('exit', (code) => reject(new Error(`serve exited ${code}: ${out}`)));
-    });
+    ({ child: server, url } = await spawnServe(dataDir));
   });
   after(async () => {
     if (server.exitCode === null) {

@@ -54,3 +54,30 @@ export function entry(i: number, extra: Record<string, unknown> = {}): Record<st
     ...extra,
   };
 }
+
+/** `custos serve` as a child process on an ephemeral port; resolves with its URL once it listens. */
+export async function spawnServe(dataDir: string, env: Record<string, string> = {}): Promise<{ child: import('node:child_process').ChildProcess; url: string }> {
+  const { spawn } = await import('node:child_process');
+  const bin = join(import.meta.dirname, '../../bin/custos.js');
+  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--port', '0'], {
+    env: { ...process.env, CUSTOS_ADMIN_TOKEN: ADMIN, CUSTOS_LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`custos serve did not start within 60 s: ${out}`)), 60_000);
+    child.stdout!.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      const match = /listening on (http:\/\/\S+)/.exec(out);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]!);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`custos serve exited with ${code}: ${out}`));
+    });
+  });
+  return { child, url };
+}

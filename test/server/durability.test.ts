@@ -1,35 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { ADMIN, entry, startTestStore } from '../helpers/store.ts';
+import { ADMIN, entry, spawnServe, startTestStore } from '../helpers/store.ts';
 
 const run = promisify(execFile);
 const bin = join(import.meta.dirname, '../../bin/custos.js');
-
-async function startServeProcess(dataDir: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--port', '0'], {
-    env: { ...process.env, CUSTOS_ADMIN_TOKEN: ADMIN, CUSTOS_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 30_000);
-    child.stdout!.on('data', (chunk: Buffer) => {
-      out += chunk.toString();
-      const match = /listening on (http:\/\/\S+)/.exec(out);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]!);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
-  });
-  return { child, url };
-}
 
 async function listAll(url: string, filter: string): Promise<string[]> {
   const ids: string[] = [];
@@ -52,7 +31,7 @@ describe('durability', () => {
   it('after kill -9 while clients write, every acknowledged entry is there exactly once and verify passes', async () => {
     const dataDir = await mkdtemp(join(tmpdir(), 'custos-crash-'));
     try {
-      const first = await startServeProcess(dataDir);
+      const first = await spawnServe(dataDir);
       const acknowledged: string[] = [];
       let stop = false;
       const writer = async (w: number) => {
@@ -78,7 +57,7 @@ describe('durability', () => {
       await Promise.all(writers);
       assert.ok(acknowledged.length > 0, 'some writes were acknowledged before the kill');
 
-      const second = await startServeProcess(dataDir);
+      const second = await spawnServe(dataDir);
       try {
         const stored = await listAll(second.url, 'logName="projects/t/logs/crash"');
         const counts = new Map<string, number>();
