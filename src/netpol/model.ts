@@ -412,6 +412,10 @@ export class Cluster {
     return pod.selectedBy[direction];
   }
 
+  policyNamed(namespace: string, name: string): CompiledPolicy | undefined {
+    return this.policiesByNamespace.get(namespace)?.find((p) => p.name === name);
+  }
+
   namespaceLabels(name: string): Labels {
     return this.namespaces.get(name)?.labels ?? { [NAMESPACE_NAME_LABEL]: name };
   }

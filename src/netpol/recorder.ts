@@ -83,10 +83,6 @@ export class PolicyActionRecorder {
     this.cluster = cluster;
   }
 
-  get currentCluster(): Cluster {
-    return this.cluster;
-  }
-
   /** Evaluates a connection attempt and records it; undefined when it continues a UDP/ICMP connection already seen. */
   onFlow(flow: TupleFlow): Verdict | undefined {
     this.advance(flow.t);
@@ -109,7 +105,7 @@ export class PolicyActionRecorder {
     if (flow.allowedBy.length) {
       policies = flow.allowedBy.map((p) => {
         const namespace = p.namespace ?? '';
-        const known = this.cluster.policies.find((c) => c.name === p.name && c.namespace === namespace);
+        const known = this.cluster.policyNamed(namespace, p.name);
         return { ref: { name: p.name, namespace }, loggingEnabled: known?.loggingEnabled ?? false };
       });
     } else if (flow.allowed) {
@@ -190,7 +186,8 @@ export class PolicyActionRecorder {
       this.options.emit({ connection: connectionOf(d.conn, d.direction), disposition: 'allow', policies, src: d.src, dest: d.dest, count: 1, node_name: d.nodeName, timestamp: d.timestamp });
       return;
     }
-    const namespaceDenyLogging = this.cluster.namespaces.get(d.namespace)?.annotations[ENABLE_DENY_LOGGING_ANNOTATION] === 'true';
+    // The namespace annotation is looked up only when delegation makes it matter.
+    const namespaceDenyLogging = logging.deny.delegate && this.cluster.namespaces.get(d.namespace)?.annotations[ENABLE_DENY_LOGGING_ANNOTATION] === 'true';
     if (!denyIsLogged(logging, namespaceDenyLogging)) return;
     // (src_ip, dest_ip, dest_port, protocol, direction): the enforced side's address and the direction as the group,
     // the other address, port and protocol as the key; plain numbers for IPv4 (33 and 51 bits).
@@ -240,7 +237,22 @@ function endpointJson(e: PolicyActionEndpoint): string {
  */
 export function serializeRecord(r: PolicyActionRecord): string {
   const c = r.connection;
-  const ports = c.src_port === undefined ? '' : `"src_port":${c.src_port},"dest_port":${c.dest_port},`;
-  const policies = r.policies ? `"policies":${sharedJson(r.policies)},` : '';
-  return `{"connection":{"src_ip":"${c.src_ip}","dest_ip":"${c.dest_ip}",${ports}"protocol":"${c.protocol}","direction":"${c.direction}"},"disposition":"${r.disposition}",${policies}"src":${endpointJson(r.src)},"dest":${endpointJson(r.dest)},"count":${r.count},"node_name":${JSON.stringify(r.node_name)},"timestamp":"${r.timestamp}"}`;
+  let line = '{"connection":{"src_ip":"' + c.src_ip + '","dest_ip":"' + c.dest_ip + '",';
+  if (c.src_port !== undefined) line += '"src_port":' + c.src_port + ',"dest_port":' + c.dest_port + ',';
+  line += '"protocol":"' + c.protocol + '","direction":"' + c.direction + '"},"disposition":"' + r.disposition + '",';
+  if (r.policies) line += '"policies":' + sharedJson(r.policies) + ',';
+  return line + '"src":' + endpointJson(r.src) + ',"dest":' + endpointJson(r.dest) + ',"count":' + r.count + ',"node_name":' + nodeNameJson(r.node_name) + ',"timestamp":"' + r.timestamp + '"}';
+}
+
+// A cluster has few nodes: their names' JSON is kept (bounded, in case names come from untrusted flows).
+const nodeNames = new Map<string, string>();
+
+function nodeNameJson(name: string): string {
+  let text = nodeNames.get(name);
+  if (text === undefined) {
+    if (nodeNames.size >= 10_000) nodeNames.clear();
+    text = JSON.stringify(name);
+    nodeNames.set(name, text);
+  }
+  return text;
 }

@@ -103,10 +103,11 @@ export async function runNetpol(options: NetpolRunOptions): Promise<NetpolRunSum
   watcher?.start();
   const stream = typeof options.flows !== 'string' ? options.flows : options.flows === '-' ? process.stdin : createReadStream(options.flows, { highWaterMark: 1024 * 1024 });
   // A live source may pause: deny windows still close on time, the flow clock moving with the wall clock meanwhile.
+  const live = options.flows === '-';
   let lastFlowT = -Infinity;
   let lastFlowWall = Date.now();
   const idle =
-    options.flows === '-'
+    live
       ? setInterval(() => {
           if (lastFlowT === -Infinity) return;
           recorder.advance(lastFlowT + (Date.now() - lastFlowWall) / 1000);
@@ -129,8 +130,10 @@ export async function runNetpol(options: NetpolRunOptions): Promise<NetpolRunSum
           continue;
         }
         if (!flow) continue;
-        lastFlowT = flow.t;
-        lastFlowWall = Date.now();
+        if (live) {
+          lastFlowT = flow.t;
+          lastFlowWall = Date.now();
+        }
         if ('direction' in flow) recorder.onObserved(flow);
         else recorder.onFlow(flow);
       }
