@@ -30,8 +30,17 @@ const WORKLOAD_KINDS = new Set(['Deployment', 'ReplicaSet', 'StatefulSet', 'Daem
 
 /** Every object in one manifest text; unparsable documents become warnings naming file and line. */
 export function parseManifestText(text: string, source: string, warnings: string[]): SourcedObject[] {
-  const lineCounter = new LineCounter();
   const objects: SourcedObject[] = [];
+  // `kubectl get -o json` output: JSON.parse is far faster than a YAML parser on large clusters.
+  if (/^\s*[{[]/.test(text)) {
+    try {
+      flatten(JSON.parse(text), `${source}:1`, objects, warnings);
+      return objects;
+    } catch {
+      objects.length = 0; // not one JSON document: YAML below reports where it breaks
+    }
+  }
+  const lineCounter = new LineCounter();
   const documents = parseAllDocuments(text, { lineCounter, uniqueKeys: false });
   for (const doc of Array.isArray(documents) ? documents : [documents]) {
     const start = doc.contents?.range?.[0] ?? doc.range[0];

@@ -20,6 +20,12 @@ describe('manifest loading', () => {
     assert.deepEqual(cluster.policies.map((p) => p.name), ['json-policy']);
   });
 
+  test('a kubectl get -o json List loads through JSON', () => {
+    const { cluster } = load(JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'Pod', metadata: { name: 'p', namespace: 'x', labels: { a: 'b' } }, status: { podIP: '10.1.1.1' } }] }));
+    assert.equal(cluster.podsByIp.get('10.1.1.1')?.name, 'p');
+    assert.equal(cluster.namespaces.get('x')?.labels['kubernetes.io/metadata.name'], 'x');
+  });
+
   test('unknown kinds are skipped with a warning; pods without an IP are skipped with a warning', () => {
     const { cluster, warnings } = clusterWith('apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: y}\n');
     assert.ok(warnings.some((w) => w.includes('kind ConfigMap is not used by netpol, skipped')));
