@@ -139,13 +139,14 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
       return {
         catalog,
         resolution,
-        maskedRelation(plan: TablePlan): Node {
-          const key = `${who.name}\0${version}\0${catalog.generation}\0${plan.key}`;
+        maskedRelation(plan: TablePlan, only?: ReadonlySet<string>): Node {
+          const columns = catalog.columnsOf(plan.key);
+          if (!columns) throw new UnknownRelationError(plan.key);
+          const visible = only ? columns.filter((c) => only.has(c.name)) : columns;
+          const key = `${who.name}\0${version}\0${catalog.generation}\0${plan.key}\0${only ? visible.map((c) => c.name).join(',') : '*'}`;
           let node = masked.get(key);
           if (!node) {
-            const columns = catalog.columnsOf(plan.key);
-            if (!columns) throw new UnknownRelationError(plan.key);
-            node = parseStatements(maskedRelationSql(plan, columns, keys, who))[0]!.stmt;
+            node = parseStatements(maskedRelationSql(plan, visible, keys, who))[0]!.stmt;
             masked.set(key, node);
           }
           return structuredClone(node);

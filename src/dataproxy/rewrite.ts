@@ -34,8 +34,11 @@ export class UnknownRelationError extends DataProxyError {
 export interface RewriteContext {
   catalog: Catalog;
   resolution: Resolution;
-  /** The masked form of a protected table, as a parsed SelectStmt node (fresh copy per call). */
-  maskedRelation(plan: TablePlan): Node;
+  /**
+   * The masked form of a protected table, as a parsed SelectStmt node (fresh copy per call); with `only`, just the
+   * columns named there (the statement reads no others), which keeps the statement the database plans small.
+   */
+  maskedRelation(plan: TablePlan, only?: ReadonlySet<string>): Node;
 }
 
 const SYSTEM_SCHEMAS = new Set(['pg_catalog', 'information_schema']);
@@ -79,8 +82,55 @@ function equalityConjuncts(where: unknown, alias: string): { column: string; val
   return [];
 }
 
+/**
+ * Every name a statement's column references use, or undefined when some reference could read every column of a
+ * relation (`*`, `t.*`, a whole-row reference, `NATURAL` or `USING` joins): then no masked form is pruned.
+ */
+function referencedNames(stmt: Node, relationNames: Set<string>): Set<string> | undefined {
+  const names = new Set<string>();
+  let all = false;
+  const walk = (v: unknown): void => {
+    if (all) return;
+    if (Array.isArray(v)) return v.forEach(walk);
+    if (!isObject(v)) return;
+    const ref = v['ColumnRef'] as Node | undefined;
+    if (ref) {
+      const fields = ref['fields'] as Node[];
+      if (fields.some((f) => 'A_Star' in f)) all = true;
+      const parts = strings(fields);
+      if (parts.length === 1 && relationNames.has(parts[0]!)) all = true;
+      for (const p of parts) names.add(p);
+    }
+    const join = v['JoinExpr'] as Node | undefined;
+    if (join && (join['isNatural'] || join['usingClause'])) all = true;
+    for (const child of Object.values(v)) walk(child);
+  };
+  walk(stmt);
+  return all ? undefined : names;
+}
+
+/** Relation names and aliases in a statement: a single-field reference to one of them is a whole-row reference. */
+function relationNamesOf(stmt: Node): Set<string> {
+  const out = new Set<string>();
+  const walk = (v: unknown): void => {
+    if (Array.isArray(v)) return v.forEach(walk);
+    if (!isObject(v)) return;
+    const rv = v['RangeVar'] as Node | undefined;
+    if (rv) {
+      out.add(String(rv['relname']));
+      const alias = (rv['alias'] as Node | undefined)?.['aliasname'];
+      if (alias) out.add(String(alias));
+    }
+    for (const child of Object.values(v)) walk(child);
+  };
+  walk(stmt);
+  return out;
+}
+
 class StatementRewriter {
   changed = false;
+  /** Column names the statement being rewritten can read (undefined: all). */
+  private readable: Set<string> | undefined;
   /**
    * Equality predicates of a single-table SELECT on a filtered table that may also run inside the filter fence,
    * so an index on them is used (they are leakproof, so running before the row filter reveals nothing).
@@ -92,6 +142,7 @@ class StatementRewriter {
   constructor(private readonly ctx: RewriteContext) {}
 
   statement(stmt: Node): Node {
+    this.readable = referencedNames(stmt, relationNamesOf(stmt));
     const [type, body] = Object.entries(stmt)[0] as [string, Node];
     switch (type) {
       case 'SelectStmt':
@@ -222,7 +273,7 @@ class StatementRewriter {
       if (position !== 'from') throw refuse(`protected table ${key} cannot be read here (only in FROM and JOIN)`);
       this.tables.set(key, plan);
       this.changed = true;
-      const subquery = this.ctx.maskedRelation(plan);
+      const subquery = this.ctx.maskedRelation(plan, this.readable);
       if (plan.filters.length > 0 || plan.denyAll) this.pushIntoFence(subquery, plan, rv);
       return { RangeSubselect: { subquery, alias: rv['alias'] ?? { aliasname: rel.name } } };
     }

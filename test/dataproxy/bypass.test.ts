@@ -42,6 +42,8 @@ const CASES: Case[] = [
   { name: 'comments inside the name', sql: 'select/**/firstname from library./*x*/authors', expect: masked },
   { name: 'whole-row reference', sql: 'select a from library.authors a', expect: masked },
   { name: 'row_to_json', sql: 'select row_to_json(a) from library.authors a', expect: masked },
+  { name: 'field of a whole-row reference', sql: 'select (a).firstname, (a).salary from library.authors a', expect: masked },
+  { name: 'NATURAL join with the table', sql: 'select * from library.authors natural join library.authors b', expect: masked },
   { name: 'subquery', sql: 'select * from (select * from library.authors) x', expect: masked },
   { name: 'scalar subquery in the select list', sql: 'select (select firstname from library.authors where id = 1)', expect: masked },
   { name: 'LATERAL', sql: 'select x.* from (select 1) y, lateral (select firstname, salary from library.authors) x', expect: masked },
