@@ -106,59 +106,7 @@ function port(value: unknown, line: number, field: string, required: boolean): n
   return value;
 }
 
-function skipSpace(text: string, i: number): number {
-  let c = text.charCodeAt(i);
-  while (c === 32 || c === 9 || c === 13) c = text.charCodeAt(++i);
-  return i;
-}
-
-/**
- * A flat JSON object of plain strings and integers (every tuple line), read without JSON.parse's generality; anything
- * else (escapes, nesting, floats, literals) returns undefined and JSON.parse decides, so results and errors stay
- * exactly JSON's.
- */
-export function parseFlatObject(text: string): Record<string, string | number> | undefined {
-  const out: Record<string, string | number> = {};
-  let i = skipSpace(text, 0);
-  if (text.charCodeAt(i) !== 123) return undefined;
-  i = skipSpace(text, i + 1);
-  if (text.charCodeAt(i) === 125) return skipSpace(text, i + 1) === text.length ? out : undefined;
-  for (;;) {
-    if (text.charCodeAt(i) !== 34) return undefined;
-    const keyStart = i + 1;
-    let c = 0;
-    for (i = keyStart; (c = text.charCodeAt(i)) !== 34; i++) if (c === 92 || c < 32 || Number.isNaN(c)) return undefined;
-    const key = text.slice(keyStart, i);
-    if (key === '__proto__') return undefined;
-    i = skipSpace(text, i + 1);
-    if (text.charCodeAt(i) !== 58) return undefined;
-    i = skipSpace(text, i + 1);
-    c = text.charCodeAt(i);
-    if (c === 34) {
-      const start = i + 1;
-      for (i = start; (c = text.charCodeAt(i)) !== 34; i++) if (c === 92 || c < 32 || Number.isNaN(c)) return undefined;
-      out[key] = text.slice(start, i);
-      i++;
-    } else {
-      const start = i;
-      if (c === 45) c = text.charCodeAt(++i);
-      if (c === 48) c = text.charCodeAt(++i);
-      else if (c >= 49 && c <= 57) while (c >= 48 && c <= 57) c = text.charCodeAt(++i);
-      else return undefined;
-      if (c === 46 || c === 101 || c === 69 || i - start > 15) return undefined;
-      out[key] = Number(text.slice(start, i));
-    }
-    i = skipSpace(text, i);
-    c = text.charCodeAt(i);
-    if (c === 125) return skipSpace(text, i + 1) === text.length ? out : undefined;
-    if (c !== 44) return undefined;
-    i = skipSpace(text, i + 1);
-  }
-}
-
 function parseJsonLine(text: string, line: number): Record<string, unknown> {
-  const flat = parseFlatObject(text);
-  if (flat) return flat;
   let value: unknown;
   try {
     value = JSON.parse(text);
