@@ -143,8 +143,9 @@ try {
     floorsCpu.push(FLOWS / cpuSeconds(floorCpuStart));
     rmSync(logPath, { force: true });
   }
-  const ratio = median(ours) / median(floors);
-  const cpuRatio = median(oursCpu) / median(floorsCpu);
+  // Each evaluated run is paired with the floor run right after it, so the pair saw about the same machine load.
+  const ratio = median(ours.map((o, i) => o / floors[i]!));
+  const cpuRatio = median(oursCpu.map((o, i) => o / floorsCpu[i]!));
   const fmt = (n: number): string => Math.round(n).toLocaleString('en-US');
   console.log(`\n${PODS.toLocaleString('en-US')} pods, ${POLICIES.toLocaleString('en-US')} policies, ${FLOWS.toLocaleString('en-US')} flows, ${records.toLocaleString('en-US')} records, rate limit off, ${RUNS} runs (median)\n`);
   // Wall-clock rates suffer from whatever else runs on the machine; rates per CPU-second of this process less so.
@@ -152,7 +153,8 @@ try {
   console.log('| --- | ---: | ---: | --- |');
   console.log(`| custos netpol (evaluate + write) | ${fmt(median(ours))} | ${fmt(median(oursCpu))} | ${ours.map(fmt).join(', ')} |`);
   console.log(`| floor (parse + write, no evaluation) | ${fmt(median(floors))} | ${fmt(median(floorsCpu))} | ${floors.map(fmt).join(', ')} |`);
-  console.log(`\nratio to floor: ${(100 * ratio).toFixed(1)} % wall clock, ${(100 * cpuRatio).toFixed(1)} % per CPU-second (target ≥ 40 %)`);
+  console.log(`\nratio to floor (median of per-run pairs): ${(100 * ratio).toFixed(1)} % wall clock, ${(100 * cpuRatio).toFixed(1)} % per CPU-second (target ≥ 40 %)`);
+  console.log(`best run: ${fmt(Math.max(...ours))} flows/s evaluated, floor ${fmt(Math.max(...floors))} flows/s`);
   console.log(`absolute target ≥ 200,000 flows/s: ${median(ours) >= 200_000 ? 'met' : 'not met'} on the wall clock, ${median(oursCpu) >= 200_000 ? 'met' : 'not met'} per CPU-second`);
   console.log(`manifest load (10,000 pods, 1,000 policies): ${fmt(median(loads))} ms`);
 } finally {
