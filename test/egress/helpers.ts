@@ -200,7 +200,7 @@ function closeServer(server: HttpServer | NetServer): Promise<void> {
 
 /** `custos egress …` as a child process; resolves once it printed its listening line on stderr. */
 export async function spawnCli(args: string[]): Promise<{ child: ChildProcess; stderr: () => string; listening: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CUSTOS_LOG_LEVEL: 'info' } });
   let stderr = '';
   child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
   child.stdout!.resume();

@@ -12,7 +12,7 @@ const BIN = new URL('../../bin/custos.js', import.meta.url).pathname;
 
 function custos(args: string[], stdin?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, CUSTOS_TOKEN: '' } });
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, CUSTOS_TOKEN: '', CUSTOS_LOG_LEVEL: 'info' } });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d));
