@@ -140,6 +140,29 @@ describe('HTTP API', () => {
     assert.match(String(key.body), /^\S+\+[0-9a-f]{8}\+[A-Za-z0-9+/]+=*\n$/);
   });
 
+  it('streams live entries that match a filter, and only its own organization\'s (custos tail)', async () => {
+    const controller = new AbortController();
+    const res = await fetch(`${store.server.url}/v1/entries:tail?filter=${encodeURIComponent('jsonPayload.n >= 700')}`, {
+      headers: { authorization: `Bearer ${readerA}` },
+      signal: controller.signal,
+    });
+    assert.equal(res.status, 200);
+    const reader = res.body!.getReader();
+    await reader.read(); // the first newline: subscribed
+    await store.write(writerB, [entry(701)]);
+    await store.write(writerA, [entry(699), entry(702)]);
+    let text = '';
+    const decoder = new TextDecoder();
+    while (!text.includes('e-702')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += decoder.decode(value, { stream: true });
+    }
+    controller.abort();
+    const ids = text.split('\n').filter((l) => l.trim()).map((l) => (JSON.parse(l) as { insertId: string }).insertId);
+    assert.deepEqual(ids, ['e-702']);
+  });
+
   it('rejects a non-admin token naming another organization in a write', async () => {
     const res = await store.write(writerA, [entry(600)], '?organization=org-b');
     assert.equal(res.status, 403);
