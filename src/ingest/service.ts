@@ -1,4 +1,4 @@
-import type { EntryIndex } from '../index/index.ts';
+import type { EntryIndexApi } from '../index/index.ts';
 import type { Ledger } from '../ledger/index.ts';
 import { completeEntry, type LogEntry, type LogEntryInput, validateEntry, BodyError, type EntryError } from '../model/index.ts';
 import { componentLogger } from '../telemetry/index.ts';
@@ -38,14 +38,14 @@ export class IngestService {
 
   private constructor(
     readonly ledger: Ledger,
-    readonly index: EntryIndex,
+    readonly index: EntryIndexApi,
     options: { dedupeWindow?: number },
   ) {
     this.dedupe = new InsertIdWindow(options.dedupeWindow ?? 1_000_000);
   }
 
   /** Opens the service and brings the index level with the ledger (the crash catch-up). */
-  static async open(ledger: Ledger, index: EntryIndex, options: { dedupeWindow?: number; warmDedupe?: number } = {}): Promise<IngestService> {
+  static async open(ledger: Ledger, index: EntryIndexApi, options: { dedupeWindow?: number; warmDedupe?: number } = {}): Promise<IngestService> {
     const service = new IngestService(ledger, index, options);
     for (const org of ledger.organizations()) {
       service.indexedUpTo.set(org, await index.indexedSize(org));

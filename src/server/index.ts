@@ -1,7 +1,7 @@
 import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { EntryIndex } from '../index/index.ts';
+import { ThreadedEntryIndex } from '../index/index.ts';
 import { IngestService } from '../ingest/index.ts';
 import { Ledger } from '../ledger/index.ts';
 import { DEFAULT_LIMITS } from '../model/index.ts';
@@ -47,7 +47,7 @@ export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = 
     dir: join(dataDir, 'ledger'),
     ...(config.archive ? { archive: { target: resolve(config.archive.dir), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
   });
-  const index = await EntryIndex.open(join(dataDir, 'index.duckdb'));
+  const index = await ThreadedEntryIndex.open(join(dataDir, 'index.duckdb'));
   const service = await IngestService.open(ledger, index);
   const app = await buildApp({
     service,

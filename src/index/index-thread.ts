@@ -1,0 +1,34 @@
+/**
+ * Worker side of `ThreadedEntryIndex`: hosts the DuckDB index and answers calls posted from the main thread.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import type { LogEntry } from '../model/index.ts';
+import { EntryIndex } from './entry-index.ts';
+
+export interface IndexCall {
+  id: number;
+  method: 'insert' | 'indexedSize' | 'list' | 'clear' | 'close';
+  args: unknown[];
+}
+
+const index = await EntryIndex.open(workerData as string);
+const port = parentPort!;
+
+port.on('message', async ({ id, method, args }: IndexCall) => {
+  try {
+    let result: unknown;
+    if (method === 'insert') {
+      // Entries arrive as JSON text: parsing here keeps the main thread's share to one stringify per entry.
+      const [org, rows] = args as [string, [number, string][]];
+      result = await index.insert(org, rows.map(([i, json]) => ({ index: i, entry: JSON.parse(json) as LogEntry, json })));
+    } else if (method === 'indexedSize') result = await index.indexedSize(args[0] as string);
+    else if (method === 'list') result = await index.list(args[0] as Parameters<EntryIndex['list']>[0]);
+    else if (method === 'clear') result = await index.clear(args[0] as string | undefined);
+    else result = await index.close();
+    port.postMessage({ id, result });
+  } catch (err) {
+    const e = err as Error & { code?: string; line?: number; column?: number };
+    port.postMessage({ id, error: { name: e.name, message: e.message, code: e.code, line: e.line, column: e.column } });
+  }
+});
+port.postMessage({ id: 0, result: 'ready' });
