@@ -114,6 +114,13 @@ describe('HTTP API', () => {
     assert.equal(typeof res.body.error.column, 'number');
   });
 
+  it('refuses a forged page token with a 400 (an error raised on the index thread keeps its kind)', async () => {
+    const res = await store.list(readerA, { pageToken: 'bm90LWEtdG9rZW4' });
+    assert.equal(res.status, 400, JSON.stringify(res.body));
+    assert.equal(res.body.error.code, 'INVALID_FILTER');
+    assert.equal(res.body.error.reason, 'BAD_PAGE_TOKEN');
+  });
+
   it('pages with pageToken, oldest first on request', async () => {
     await store.write(writerA, Array.from({ length: 25 }, (_, i) => entry(1000 + i, { logName: 'projects/test/logs/paged' })));
     const seen: string[] = [];
