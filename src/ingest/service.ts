@@ -13,6 +13,8 @@ export interface WriteResult {
   duplicates: number;
   /** Tree size of the organization's ledger after the append. */
   treeSize: number;
+  /** Ledger index of the first entry written; the rest follow in request order (for inclusion proofs). */
+  firstIndex?: number;
 }
 
 type Subscriber = (entry: LogEntry) => void;
@@ -99,7 +101,7 @@ export class IngestService {
     this.scheduleIndexing();
     const subs = this.subscribers.get(org);
     if (subs) for (const entry of fresh) for (const fn of subs) fn(entry);
-    return { written: fresh.length, duplicates, treeSize: appended.treeSize };
+    return { written: fresh.length, duplicates, treeSize: appended.treeSize, firstIndex: appended.firstIndex };
   }
 
   /** Resolves when the index holds every entry the ledger had when called (read-your-writes), or after `timeoutMs`. */

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { canonicalJson, leafHash, openCheckpoint, parseVerifierKey, verifyConsistency, verifyInclusion } from '../../src/ledger/index.ts';
 import { ADMIN, entry, startTestStore, type TestStore } from '../helpers/store.ts';
 
 describe('HTTP API', () => {
@@ -168,6 +169,27 @@ describe('HTTP API', () => {
     controller.abort();
     const ids = text.split('\n').filter((l) => l.trim()).map((l) => (JSON.parse(l) as { insertId: string }).insertId);
     assert.deepEqual(ids, ['e-702']);
+  });
+
+  it('proves that a listed entry is in the signed log, and that the log only grew', async () => {
+    const first = await store.write(ADMIN, [entry(800), entry(801), entry(802)], '?organization=proofs');
+    assert.equal(first.body.firstIndex, 0);
+    const key = parseVerifierKey(String((await store.call('/v1/publickey', ADMIN)).body));
+    const before = openCheckpoint(String((await store.call('/v1/checkpoint?org=proofs', ADMIN)).body), key);
+    await store.write(ADMIN, [entry(803), entry(804)], '?organization=proofs');
+    const after = openCheckpoint(String((await store.call('/v1/checkpoint?org=proofs', ADMIN)).body), key);
+    assert.equal(after.treeSize, 5);
+
+    const listed = await store.list(ADMIN, { organization: 'proofs', filter: 'insertId="e-801"' });
+    const stored = listed.body.entries[0];
+    const proof = (await store.call(`/v1/proof/inclusion?org=proofs&index=1&treeSize=${after.treeSize}`, ADMIN)).body;
+    const leaf = leafHash(Buffer.from(canonicalJson(stored)));
+    assert.ok(verifyInclusion(1, after.treeSize, leaf, proof.hashes, after.rootHash), 'inclusion proof does not verify');
+    const tampered = leafHash(Buffer.from(canonicalJson({ ...stored, severity: 'DEBUG' })));
+    assert.ok(!verifyInclusion(1, after.treeSize, tampered, proof.hashes, after.rootHash), 'a changed entry must not verify');
+
+    const consistency = (await store.call(`/v1/proof/consistency?org=proofs&from=${before.treeSize}&to=${after.treeSize}`, ADMIN)).body;
+    assert.ok(verifyConsistency(before.treeSize, after.treeSize, consistency.hashes, before.rootHash, after.rootHash));
   });
 
   it('rejects a non-admin token naming another organization in a write', async () => {
