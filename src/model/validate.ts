@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { z } from 'zod';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { mergeCategories } from './categories.ts';
 import { type LogEntry, type LogEntryInput, logIdOf, SEVERITIES } from './entry.ts';
 import { PAYLOAD_SCHEMAS } from './payloads.ts';
@@ -25,28 +25,43 @@ export interface ValidationLimits {
 
 export const DEFAULT_LIMITS: ValidationLimits = { maxEntryBytes: 256 * 1024, maxDepth: 64, maxEntries: 100_000 };
 
-const labelMap = z.record(z.string().max(1024), z.string().max(64 * 1024));
-const entrySchema = z
-  .object({
-    insertId: z.string().min(1).max(256).optional(),
-    logName: z.string().min(1).max(512).regex(/^(projects|organizations|folders|billingAccounts)\/[^/]+\/logs\/[^/]+$/, {
-      message: 'must look like projects/PROJECT/logs/LOG_ID',
-    }),
-    timestamp: z.string().refine((s) => normalizeTimestamp(s) !== undefined, 'must be an RFC 3339 timestamp').optional(),
-    receiveTimestamp: z.string().optional(),
-    severity: z.enum(SEVERITIES).optional(),
-    resource: z.object({ type: z.string().min(1).max(256), labels: labelMap.default({}) }).optional(),
-    labels: labelMap.optional(),
-    categories: z.array(z.string().min(1).max(128)).max(64).optional(),
-    jsonPayload: z.record(z.string(), z.unknown()).optional(),
-    textPayload: z.string().optional(),
-    organization: z.string().optional(),
-  })
-  .strict()
-  .refine((e) => (e.jsonPayload === undefined) !== (e.textPayload === undefined), {
-    message: 'exactly one of jsonPayload or textPayload is required',
-    path: ['jsonPayload'],
+const ajv = new Ajv({ allErrors: true, strict: true, allowUnionTypes: true });
+ajv.addFormat('rfc3339', { type: 'string', validate: (s: string) => normalizeTimestamp(s) !== undefined });
+
+const labelMap = { type: 'object', propertyNames: { maxLength: 1024 }, additionalProperties: { type: 'string', maxLength: 64 * 1024 } };
+const checkEnvelope = ajv.compile({
+  type: 'object',
+  properties: {
+    insertId: { type: 'string', minLength: 1, maxLength: 256 },
+    logName: { type: 'string', minLength: 1, maxLength: 512, pattern: '^(projects|organizations|folders|billingAccounts)/[^/]+/logs/[^/]+$' },
+    timestamp: { type: 'string', format: 'rfc3339' },
+    receiveTimestamp: { type: 'string' },
+    severity: { enum: [...SEVERITIES] },
+    resource: { type: 'object', properties: { type: { type: 'string', minLength: 1, maxLength: 256 }, labels: labelMap }, required: ['type'], additionalProperties: false },
+    labels: labelMap,
+    categories: { type: 'array', maxItems: 64, items: { type: 'string', minLength: 1, maxLength: 128 } },
+    jsonPayload: { type: 'object' },
+    textPayload: { type: 'string' },
+    organization: { type: 'string' },
+  },
+  required: ['logName'],
+  additionalProperties: false,
+});
+const checkPayload: Record<string, ValidateFunction> = Object.fromEntries(Object.entries(PAYLOAD_SCHEMAS).map(([logId, schema]) => [logId, ajv.compile(schema)]));
+
+/** Reasons in words a writer of entries understands, with the offending field named in the path. */
+function toEntryErrors(errors: ErrorObject[], line: number, prefix: string[] = []): EntryError[] {
+  return errors.map((e) => {
+    const path = [...prefix, ...e.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'))];
+    let reason = e.message ?? 'is not valid';
+    if (e.keyword === 'required') path.push(String(e.params['missingProperty']));
+    else if (e.keyword === 'additionalProperties') reason = `unknown field "${String(e.params['additionalProperty'])}"`;
+    else if (e.keyword === 'format') reason = 'must be an RFC 3339 timestamp';
+    else if (e.keyword === 'pattern' && path.join('.') === 'logName') reason = 'must look like projects/PROJECT/logs/LOG_ID';
+    else if (e.keyword === 'enum') reason = `must be one of ${(e.params['allowedValues'] as unknown[]).join(', ')}`;
+    return { line, field: path.join('.'), reason: e.keyword === 'required' ? 'is required' : reason };
   });
+}
 
 function depthOf(value: unknown, limit: number): number {
   // Iterative, so a hostile entry cannot overflow the stack of the validator itself.
@@ -67,21 +82,19 @@ export function validateEntry(value: unknown, line: number, limits: ValidationLi
   if (depthOf(value, limits.maxDepth) > limits.maxDepth) {
     return { errors: [{ line, field: '', reason: `nesting deeper than ${limits.maxDepth} levels` }] };
   }
-  const result = entrySchema.safeParse(value);
-  if (result.success) {
-    if (result.data.organization !== undefined) {
-      return { errors: [{ line, field: 'organization', reason: 'is set by the server from the token; do not send it' }] };
-    }
-    const payloadSchema = result.data.jsonPayload && PAYLOAD_SCHEMAS[logIdOf(result.data.logName) ?? ''];
-    const payload = payloadSchema?.safeParse(result.data.jsonPayload);
-    if (payload && !payload.success) {
-      return { errors: payload.error.issues.map((issue) => ({ line, field: ['jsonPayload', ...issue.path.map(String)].join('.'), reason: issue.message })) };
-    }
-    return { entry: result.data as LogEntryInput, errors: [] };
+  if (!checkEnvelope(value)) return { errors: toEntryErrors(checkEnvelope.errors ?? [], line) };
+  const input = value as LogEntryInput & { organization?: string };
+  if (input.organization !== undefined) {
+    return { errors: [{ line, field: 'organization', reason: 'is set by the server from the token; do not send it' }] };
   }
-  return {
-    errors: result.error.issues.map((issue) => ({ line, field: issue.path.map(String).join('.'), reason: issue.message })),
-  };
+  if ((input.jsonPayload === undefined) === (input.textPayload === undefined)) {
+    return { errors: [{ line, field: 'jsonPayload', reason: 'exactly one of jsonPayload or textPayload is required' }] };
+  }
+  const checkSeedPayload = input.jsonPayload && checkPayload[logIdOf(input.logName) ?? ''];
+  if (checkSeedPayload && !checkSeedPayload(input.jsonPayload)) {
+    return { errors: toEntryErrors(checkSeedPayload.errors ?? [], line, ['jsonPayload']) };
+  }
+  return { entry: input, errors: [] };
 }
 
 export class BodyError extends Error {
@@ -200,7 +213,7 @@ export function completeEntry(input: LogEntryInput, organization: string, receiv
     timestamp: input.timestamp === undefined ? receiveTimestamp : normalizeTimestamp(input.timestamp)!,
     receiveTimestamp,
     severity: input.severity ?? 'DEFAULT',
-    resource: input.resource ?? { type: 'global', labels: {} },
+    resource: input.resource ? { type: input.resource.type, labels: input.resource.labels ?? {} } : { type: 'global', labels: {} },
     labels: input.labels ?? {},
     categories: mergeCategories(input.categories, input.jsonPayload),
     organization,
