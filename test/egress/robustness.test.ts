@@ -216,7 +216,7 @@ describe('the egress command as a process', () => {
     }
   });
 
-  test('reload on file change and SIGHUP keeps an open tunnel; SIGTERM drains it and the record has its bytes', async () => {
+  test('reload on file change and SIGHUP keeps an open tunnel; SIGTERM drains it and the record has its bytes', async (t) => {
     const config = (ports: number[]): string =>
       [
         'listen: 127.0.0.1:0',
@@ -232,6 +232,10 @@ describe('the egress command as a process', () => {
     const logFile = join(dir, 'records.ndjson');
     writeFileSync(file, config([echo.port]));
     const proc = await spawnCli(['egress', '--config', file, '--log-file', logFile]);
+    // A failed assertion below must not leave the proxy running after the suite.
+    t.after(() => {
+      if (proc.child.exitCode === null) proc.child.kill('SIGKILL');
+    });
     const address = /http=(\S+)/.exec(proc.stderr())![1]!;
     const tunnel = await openTunnel(address, `127.0.0.1:${echo.port}`);
     await echoes(tunnel, 'before reload');
