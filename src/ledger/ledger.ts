@@ -6,6 +6,7 @@ import { componentLogger } from '../telemetry/index.ts';
 import { archiveSealedSegments, archiveTargetOf, type ArchiveTarget } from './archive.ts';
 import { canonicalJson } from './canonical.ts';
 import { assertOrganization, LedgerError } from './errors.ts';
+import { lockLedgerDir } from './dir-lock.ts';
 import { syncDirectory } from './fsutil.ts';
 import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
 import { EMPTY_ROOT } from './merkle.ts';
@@ -67,6 +68,7 @@ export class Ledger {
   private readonly timers: NodeJS.Timeout[] = [];
   private archiving: Promise<void> = Promise.resolve();
   private closed = false;
+  private unlock: () => Promise<void> = async () => {};
 
   private constructor(
     readonly dir: string,
@@ -84,9 +86,21 @@ export class Ledger {
     } catch (err) {
       throw new LedgerError('IO_ERROR', `cannot create data dir ${dir}: ${(err as Error).message}`, { cause: err });
     }
+    const unlock = await lockLedgerDir(dir);
+    try {
+      return await Ledger.openLocked(options, unlock);
+    } catch (err) {
+      await unlock();
+      throw err;
+    }
+  }
+
+  private static async openLocked(options: LedgerOptions, unlock: () => Promise<void>): Promise<Ledger> {
+    const dir = options.dir;
     const { signer, meta } = await loadOrCreateSigner(dir, options.originPrefix ?? 'custos/');
     const target = options.archive ? archiveTargetOf(options.archive.target) : undefined;
     const ledger = new Ledger(dir, signer, meta, options, target);
+    ledger.unlock = unlock;
     const orgs = (await readdir(join(dir, 'orgs'), { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
     orgs.forEach(assertOrganization);
     // Rebuilding the trees re-hashes every entry: worth worker threads once there is more than a little data.
@@ -329,9 +343,13 @@ export class Ledger {
     this.closed = true;
     for (const timer of this.timers) clearInterval(timer);
     await this.archiving;
-    for (const orgLog of this.ready.values()) {
-      await orgLog.close();
-      if (orgLog.tree.size !== orgLog.checkpointedSize) await orgLog.checkpoint();
+    try {
+      for (const orgLog of this.ready.values()) {
+        await orgLog.close();
+        if (orgLog.tree.size !== orgLog.checkpointedSize) await orgLog.checkpoint();
+      }
+    } finally {
+      await this.unlock();
     }
   }
 }
