@@ -29,6 +29,7 @@ const log = componentLogger('server');
 
 /** Opens the store in `config.data` and serves the API. */
 export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = process.env): Promise<RunningServer> {
+  const { host, port } = splitHostPort(config.listen);
   const dataDir = resolve(config.data);
   const tokens = await TokenStore.open(dataDir);
   let adminToken: string | undefined;
@@ -43,44 +44,57 @@ export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = 
     await writeFile(adminTokenFile, adminToken + '\n', { mode: 0o600 });
   }
 
-  const ledger = await Ledger.open({
-    dir: join(dataDir, 'ledger'),
-    ...(config.archive ? { archive: { target: resolve(config.archive.dir), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
-  });
-  const index = await ThreadedEntryIndex.open(join(dataDir, 'index.duckdb'));
-  const service = await IngestService.open(ledger, index);
-  const app = await buildApp({
-    service,
-    tokens,
-    limits: { ...DEFAULT_LIMITS, maxEntryBytes: config.limits.maxEntryBytes, maxDepth: config.limits.maxDepth },
-    maxRequestBytes: config.limits.maxRequestBytes,
-    project: config.project,
-  });
-  const { host, port } = splitHostPort(config.listen);
-  await app.listen({ host, port });
-  const address = app.server.address();
-  const boundPort = typeof address === 'object' && address ? address.port : port;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
-  log.info({ url, data: dataDir }, 'custos store listening');
-
-  let closing: Promise<void> | undefined;
-  return {
-    url,
-    app,
-    service,
-    ...(adminToken ? { adminToken } : {}),
-    ...(adminTokenFile ? { adminTokenFile } : {}),
-    close: () =>
-      (closing ??= (async () => {
-        // Every part is closed even when one fails (a full disk fails the last checkpoint); the first error is thrown.
-        const errors: unknown[] = [];
-        for (const step of [() => app.close(), () => service.close(), () => index.close(), () => ledger.close()]) {
-          await step().catch((err: unknown) => {
-            log.error({ err }, 'error while closing the store');
-            errors.push(err);
-          });
-        }
-        if (errors.length) throw errors[0];
-      })()),
+  // Whatever was opened is closed again if a later step fails, so a failed start leaves no lock or thread behind.
+  const opened: (() => Promise<void>)[] = [];
+  const undo = async () => {
+    for (const close of opened.reverse()) await close().catch(() => {});
   };
+  try {
+    const ledger = await Ledger.open({
+      dir: join(dataDir, 'ledger'),
+      ...(config.archive ? { archive: { target: resolve(config.archive.dir), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
+    });
+    opened.push(() => ledger.close());
+    const index = await ThreadedEntryIndex.open(join(dataDir, 'index.duckdb'));
+    opened.push(() => index.close());
+    const service = await IngestService.open(ledger, index);
+    opened.push(() => service.close());
+    const app = await buildApp({
+      service,
+      tokens,
+      limits: { ...DEFAULT_LIMITS, maxEntryBytes: config.limits.maxEntryBytes, maxDepth: config.limits.maxDepth },
+      maxRequestBytes: config.limits.maxRequestBytes,
+      project: config.project,
+    });
+    opened.push(() => app.close());
+    await app.listen({ host, port });
+    const address = app.server.address();
+    const boundPort = typeof address === 'object' && address ? address.port : port;
+    const url = `http://${host.includes(':') ? `[${host}]` : host}:${boundPort}`;
+    log.info({ url, data: dataDir }, 'custos store listening');
+
+    let closing: Promise<void> | undefined;
+    return {
+      url,
+      app,
+      service,
+      ...(adminToken ? { adminToken } : {}),
+      ...(adminTokenFile ? { adminTokenFile } : {}),
+      close: () =>
+        (closing ??= (async () => {
+          // Every part is closed even when one fails (a full disk fails the last checkpoint); the first error is thrown.
+          const errors: unknown[] = [];
+          for (const step of [() => app.close(), () => service.close(), () => index.close(), () => ledger.close()]) {
+            await step().catch((err: unknown) => {
+              log.error({ err }, 'error while closing the store');
+              errors.push(err);
+            });
+          }
+          if (errors.length) throw errors[0];
+        })()),
+    };
+  } catch (err) {
+    await undo();
+    throw err;
+  }
 }
