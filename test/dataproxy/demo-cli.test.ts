@@ -1,22 +1,46 @@
 /** `startDemo` (what `custos serve --demo` runs) and the `custos dataproxy` command with real clients. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startDemo } from '../../src/dataproxy/index.ts';
 import type { DataProxyAuditEvent } from '../../src/model/index.ts';
-import { MemorySink, psql } from './helpers.ts';
+import { InProcessSink } from '../../src/ingest/index.ts';
+import type { LogEntry } from '../../src/model/index.ts';
+import { ADMIN, startTestStore } from '../helpers/store.ts';
+import { psql } from './helpers.ts';
 
-test('startDemo: events at once, and psql can connect to the URL it prints', async () => {
-  const sink = new MemorySink();
-  const demo = await startDemo({ sink, project: 'demo', listen: '127.0.0.1:0' });
+/** The port `custos dataproxy` says it listens on (stderr). */
+function listeningPort(child: ChildProcessWithoutNullStreams | ChildProcess): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    let err = '';
+    const timer = setTimeout(() => reject(new Error(`no listening line: ${err}`)), 30_000);
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+      const m = /listening on [^:]+:(\d+)/.exec(err);
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+  });
+}
+
+test('startDemo: events at once in a real store, and psql can connect to the URL it prints', async () => {
+  const store = await startTestStore();
+  const demo = await startDemo({ sink: new InProcessSink(store.server.service, 'default'), project: 'demo', listen: '127.0.0.1:0' });
   try {
-    const actions = sink.entries.map((e) => (e.jsonPayload as unknown as DataProxyAuditEvent).header.event.action);
+    let entries: LogEntry[] = [];
+    for (let tries = 0; tries < 100 && entries.length < 4; tries++) {
+      await new Promise((r) => setTimeout(r, 100));
+      entries = (await store.list(ADMIN, { filter: 'logName="projects/demo/logs/data-proxy-audit"', orderBy: 'timestamp asc' })).body.entries;
+    }
+    const actions = entries.map((e) => (e.jsonPayload as unknown as DataProxyAuditEvent).header.event.action);
     assert.equal(actions[0], 'user.authentication');
     assert.ok(actions.filter((a) => a === 'policy.resolution').length >= 3);
-    assert.ok(sink.entries.every((e) => e.logName === 'projects/demo/logs/data-proxy-audit'));
+    assert.deepEqual(entries[0]!.categories, ['authenticationCheck', 'userLogin']);
     const out = await psql(demo.url, 'select id, firstname, lastname, salary from library.authors order by id');
     const rows = out.split('\n').map((l) => l.split('|'));
     assert.deepEqual(rows.map((r) => r[0]), ['1', '2', '4', '5', '6'], 'the AAAAA row is filtered');
@@ -24,6 +48,28 @@ test('startDemo: events at once, and psql can connect to the URL it prints', asy
     assert.deepEqual(rows.map((r) => r[3]), ['52000.00', '61000.00', '', '', '80100.00']);
   } finally {
     await demo.stop();
+    await store.close();
+  }
+});
+
+test('custos dataproxy --server writes its events into a real store, with their audit categories', async () => {
+  const store = await startTestStore();
+  const child = spawn(process.execPath, ['bin/custos.js', 'dataproxy', '--config', 'test/fixtures/dataproxy/embedded.yaml', '--listen', '127.0.0.1:0', '--server', store.server.url, '--token', ADMIN, '--project', 'acme'], {
+    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' },
+  });
+  try {
+    const port = await listeningPort(child);
+    await psql(`postgresql://proxy-user:s3cret@127.0.0.1:${port}/acmedb?sslmode=disable`, 'select count(*) from library.authors');
+    let entries: LogEntry[] = [];
+    for (let tries = 0; tries < 100 && entries.length < 2; tries++) {
+      await new Promise((r) => setTimeout(r, 100));
+      entries = (await store.list(ADMIN, { filter: 'logName="projects/acme/logs/data-proxy-audit"', orderBy: 'timestamp asc' })).body.entries;
+    }
+    assert.deepEqual(entries.map((e) => (e.jsonPayload as unknown as DataProxyAuditEvent).header.event.action), ['user.authentication', 'policy.resolution']);
+    assert.ok(entries[1]!.categories.includes('dataExport'), `policy.resolution categories: ${entries[1]!.categories.join(',')}`);
+  } finally {
+    child.kill('SIGKILL');
+    await store.close();
   }
 });
 
@@ -34,18 +80,7 @@ test('custos dataproxy --config … --log-file writes NDJSON events; SIGTERM sto
     stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' },
   });
   try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let err = '';
-      const timer = setTimeout(() => reject(new Error(`no listening line: ${err}`)), 30_000);
-      child.stderr.on('data', (d: Buffer) => {
-        err += d.toString();
-        const m = /listening on [^:]+:(\d+)/.exec(err);
-        if (m) {
-          clearTimeout(timer);
-          resolve(Number(m[1]));
-        }
-      });
-    });
+    const port = await listeningPort(child);
     const out = await psql(`postgresql://proxy-user:s3cret@127.0.0.1:${port}/acmedb?sslmode=disable`, 'select count(*) from library.authors');
     assert.equal(out, '5');
     child.kill('SIGTERM');
