@@ -4,6 +4,9 @@ import { compilePredicate, parseFilter } from '../query/index.ts';
 import { organizationOf } from './auth.ts';
 import { ApiError } from './errors.ts';
 
+/** How far a `tail` reader may fall behind before it is cut off. */
+const MAX_TAIL_BUFFER = 8 * 1024 * 1024;
+
 interface ListRequest {
   filter?: string;
   orderBy?: string;
@@ -86,7 +89,14 @@ export async function queryRoutes(app: FastifyInstance, options: { service: Inge
       reply.raw.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-cache' });
       reply.raw.write('\n');
       const unsubscribe = service.subscribe(org, (entry) => {
-        if (matches(entry)) reply.raw.write(JSON.stringify(entry) + '\n');
+        if (!matches(entry)) return;
+        // A reader that stops reading is cut off rather than buffered without bound.
+        if (reply.raw.writableLength > MAX_TAIL_BUFFER) {
+          unsubscribe();
+          reply.raw.end('{"error":{"code":"SLOW_READER","message":"the client fell more than 8 MiB behind; tail again"}}\n');
+          return;
+        }
+        reply.raw.write(JSON.stringify(entry) + '\n');
       });
       const heartbeat = setInterval(() => reply.raw.write('\n'), 15_000);
       await new Promise<void>((resolve) => request.raw.socket.once('close', resolve));
