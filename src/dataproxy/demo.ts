@@ -11,6 +11,22 @@ import { startDataProxy } from './proxy.ts';
 export const DEMO_USER = 'proxy-user';
 export const DEMO_PASSWORD = 's3cret';
 
+/** The issue's sample policy over the seed's `library.authors` table, as its config example writes it. */
+export const AUTHORS_PRIVACY_POLICY = {
+  id: '6c1f3a52-0d7e-4a4e-9f1b-1b2d3c4d5e6f',
+  name: 'authors-privacy',
+  rules: [
+    { id: 'r-1', name: 'tokenize first names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'firstname' }],
+      transformation: { regex: { regex: '[A-Za-z]{1,15}', consistent: true, consistencyGroupId: 'names' } } },
+    { id: 'r-2', name: 'keep last names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'lastname' }],
+      transformation: { retain: {} } },
+    { id: 'r-3', name: 'hide salaries unless the row is a public figure', condition: { groups: ['analysts'] },
+      fields: [{ schema: 'library', table: 'authors', field: 'salary' }],
+      transformation: { ifAndElseIfs: [{ expression: 'public_figure = true', transformation: { retain: {} } }], else: { redactWithNull: {} } } },
+  ],
+  filters: [{ schema: 'library', table: 'authors', field: 'firstname', expression: "firstname <> 'AAAAA'" }],
+};
+
 export const DEMO_CONFIG = {
   catalog: 'acmedb',
   tenant: 'fff7a844-f732-4a65-8280-912eae8eb8d0',
@@ -22,22 +38,14 @@ export const DEMO_CONFIG = {
   tokenization: { secret: 'custos-demo-tokenization-secret' },
   users: [{ name: DEMO_USER, password: DEMO_PASSWORD, groups: ['analysts'] }],
   policies: [{
-    id: '6c1f3a52-0d7e-4a4e-9f1b-1b2d3c4d5e6f',
-    name: 'authors-privacy',
+    ...AUTHORS_PRIVACY_POLICY,
     rules: [
-      { id: 'r-1', name: 'tokenize first names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'firstname' }],
-        transformation: { regex: { regex: '[A-Za-z]{1,15}', consistent: true, consistencyGroupId: 'names' } } },
-      { id: 'r-2', name: 'keep last names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'lastname' }],
-        transformation: { retain: {} } },
-      { id: 'r-3', name: 'hide salaries unless the row is a public figure', condition: { groups: ['analysts'] },
-        fields: [{ schema: 'library', table: 'authors', field: 'salary' }],
-        transformation: { ifAndElseIfs: [{ expression: 'public_figure = true', transformation: { retain: {} } }], else: { redactWithNull: {} } } },
+      ...AUTHORS_PRIVACY_POLICY.rules,
       { id: 'r-4', name: 'birth year only', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'birth_date' }],
         transformation: { generalizeDate: { granularity: 'year' } } },
       { id: 'r-5', name: 'no e-mail addresses', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'email' }],
         transformation: { drop: {} } },
     ],
-    filters: [{ schema: 'library', table: 'authors', field: 'firstname', expression: "firstname <> 'AAAAA'" }],
   }],
 };
 

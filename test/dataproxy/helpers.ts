@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import type { DataProxyAuditEvent, LogEntryInput } from '../../src/model/index.ts';
 import { BatchingSink, type EntrySink } from '../../src/ingest/sink.ts';
-import { buildConfig, startDataProxy, type RunningDataProxy } from '../../src/dataproxy/index.ts';
+import { AUTHORS_PRIVACY_POLICY, buildConfig, startDataProxy, type RunningDataProxy } from '../../src/dataproxy/index.ts';
 import { DEMO_SQL } from '../../src/dataproxy/demo-data.ts';
 
 const run = promisify(execFile);
@@ -121,21 +121,14 @@ export async function query(conn: string, sql: string, params: unknown[] = []): 
   }
 }
 
+/** The sample policy, plus dropping e-mail addresses. */
 export const SEED_POLICY = {
-  id: '6c1f3a52-0d7e-4a4e-9f1b-1b2d3c4d5e6f',
-  name: 'authors-privacy',
+  ...AUTHORS_PRIVACY_POLICY,
   rules: [
-    { id: 'r-1', name: 'tokenize first names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'firstname' }],
-      transformation: { regex: { regex: '[A-Za-z]{1,15}', consistent: true, consistencyGroupId: 'names' } } },
-    { id: 'r-2', name: 'keep last names', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'lastname' }],
-      transformation: { retain: {} } },
-    { id: 'r-3', name: 'hide salaries unless the row is a public figure', condition: { groups: ['analysts'] },
-      fields: [{ schema: 'library', table: 'authors', field: 'salary' }],
-      transformation: { ifAndElseIfs: [{ expression: 'public_figure = true', transformation: { retain: {} } }], else: { redactWithNull: {} } } },
+    ...AUTHORS_PRIVACY_POLICY.rules,
     { id: 'r-4', name: 'no e-mail', condition: { groups: ['analysts'] }, fields: [{ schema: 'library', table: 'authors', field: 'email' }],
       transformation: { drop: {} } },
   ],
-  filters: [{ schema: 'library', table: 'authors', field: 'firstname', expression: "firstname <> 'AAAAA'" }],
 };
 
 /** Raw values of the demo table a masked user must never see. */
