@@ -48,20 +48,30 @@ export function formatTable(entries: LogEntry[]): string {
   return [line(head), ...rows.map(line)].join('\n') + '\n';
 }
 
-async function* pagesFromServer(server: string, options: ReadOptions, filter: string, limit: number): AsyncGenerator<LogEntry[]> {
+type PageRequest = { pageSize: number; pageToken?: string };
+type Page = { entries: LogEntry[]; nextPageToken?: string };
+
+/** Follows page tokens until `limit` entries were read or the results end; one loop for every source. */
+async function* pages(fetchPage: (request: PageRequest) => Promise<Page>, limit: number): AsyncGenerator<LogEntry[]> {
   let pageToken: string | undefined;
   let left = limit;
   do {
-    const res = await callApi(server, '/v1/entries:list', options.token, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ filter, orderBy: `timestamp ${options.order}`, pageSize: Math.min(1000, left), pageToken, ...(options.organization ? { organization: options.organization } : {}) }),
-    });
-    const page = (await res.json()) as { entries: LogEntry[]; nextPageToken?: string };
+    const page = await fetchPage({ pageSize: Math.min(1000, left), ...(pageToken ? { pageToken } : {}) });
     left -= page.entries.length;
     yield page.entries;
     pageToken = page.nextPageToken;
   } while (pageToken && left > 0);
+}
+
+function pagesFromServer(server: string, options: ReadOptions, filter: string, limit: number): AsyncGenerator<LogEntry[]> {
+  return pages(async (request) => {
+    const res = await callApi(server, '/v1/entries:list', options.token, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ filter, orderBy: `timestamp ${options.order}`, ...request, ...(options.organization ? { organization: options.organization } : {}) }),
+    });
+    return (await res.json()) as Page;
+  }, limit);
 }
 
 async function* pagesFromData(dir: string, options: ReadOptions, filter: string, limit: number): AsyncGenerator<LogEntry[]> {
@@ -72,14 +82,7 @@ async function* pagesFromData(dir: string, options: ReadOptions, filter: string,
     throw new Error(`cannot open the index in ${dir} (is a server running on it? then use --server): ${(err as Error).message}`, { cause: err });
   }
   try {
-    let pageToken: string | undefined;
-    let left = limit;
-    do {
-      const page = await index.list({ organization: options.organization ?? 'default', filter, orderBy: `timestamp ${options.order}`, pageSize: Math.min(1000, left), ...(pageToken ? { pageToken } : {}) });
-      left -= page.entries.length;
-      yield page.entries;
-      pageToken = page.nextPageToken;
-    } while (pageToken && left > 0);
+    yield* pages((request) => index.list({ organization: options.organization ?? 'default', filter, orderBy: `timestamp ${options.order}`, ...request }), limit);
   } finally {
     await index.close();
   }

@@ -19,8 +19,6 @@ const BY_ACTION: Record<string, AuditCategory[]> = {
   'token.validate': ['authenticationCheck'],
   'token.create': ['tokenGeneration', 'managementTokens'],
   'token.revoke': ['managementTokens'],
-  'entries.list': ['dataSearch'],
-  'entries.export': ['dataExport'],
 };
 const BY_VERB: Record<string, AuditCategory[]> = {
   login: ['userLogin', 'authenticationCheck'],

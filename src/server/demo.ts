@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { startDemo as startDataProxyDemo } from '../dataproxy/index.ts';
 import { startDemo as startEgressDemo } from '../egress/index.ts';
 import { InProcessSink } from '../ingest/index.ts';
@@ -40,7 +40,8 @@ export async function startDemo(server: RunningServer, project: string): Promise
   const sink = new InProcessSink(server.service, 'default');
   const stops: (() => Promise<void>)[] = [];
   const describe: string[] = [];
-  const token = server.adminToken ?? (await readFile(join(resolve(server.adminTokenFile ?? 'data/admin-token')), 'utf8').catch(() => '')).trim();
+  // On later starts the token exists only in the file the first start wrote (if it was not deleted).
+  const token = server.adminToken ?? (await readFile(join(server.dataDir, 'admin-token'), 'utf8').catch(() => '')).trim();
 
   const netpol = await startNetpolDemo({ sink, project, cluster: 'demo', location: 'local' });
   stops.push(() => netpol.stop());

@@ -16,6 +16,8 @@ export { TokenStore, type Role } from './tokens.ts';
 
 export interface RunningServer {
   url: string;
+  /** The data directory, resolved. */
+  dataDir: string;
   app: FastifyInstance;
   service: IngestService;
   /** Where the first admin token was written, when this start created it. */
@@ -76,6 +78,7 @@ export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = 
     let closing: Promise<void> | undefined;
     return {
       url,
+      dataDir,
       app,
       service,
       ...(adminToken ? { adminToken } : {}),
