@@ -13,14 +13,24 @@ export interface RecordOutput {
   close(): Promise<void>;
 }
 
+/**
+ * Lines are gathered for up to FLUSH_MS (or FLUSH_BYTES) and written in one call. A file write goes through libuv's
+ * thread pool, and one per short connection cost a thread hand-off and wake-up each (measured: about a third of the
+ * proxy's system time per tunnel at thousands of tunnels/s); a few writes a second cost nothing.
+ */
+const FLUSH_MS = 100;
+const FLUSH_BYTES = 256 * 1024;
+
 export function createRecordOutput(options: { logFile?: string; sink?: EntrySink; project: string; proxyId?: string }): RecordOutput {
   const proxyId = options.proxyId ?? hostname();
   const file: WriteStream | NodeJS.WriteStream | undefined =
     options.logFile === '-' ? process.stdout : options.logFile ? createWriteStream(options.logFile, { flags: 'a' }) : undefined;
   const batching = options.sink ? new BatchingSink(options.sink) : undefined;
-  // Lines written in one event-loop turn go out in one write: one syscall for a burst of short connections.
   let pending = '';
+  let timer: NodeJS.Timeout | undefined;
   const flush = (): void => {
+    clearTimeout(timer);
+    timer = undefined;
     if (pending) file?.write(pending);
     pending = '';
   };
@@ -28,8 +38,9 @@ export function createRecordOutput(options: { logFile?: string; sink?: EntrySink
     write(record) {
       const entry = toLogEntry(record, { project: options.project, proxyId });
       if (file) {
-        if (!pending) setImmediate(flush);
         pending += `${JSON.stringify(entry)}\n`;
+        if (pending.length >= FLUSH_BYTES) flush();
+        else timer ??= setTimeout(flush, FLUSH_MS);
       }
       batching?.add(entry);
     },
