@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { EgressNetworkType, EgressRecord } from '../model/index.ts';
+import { clearDeadline, coarseNow, watchDeadline, type Deadline } from './io.ts';
 import type { DenyReason } from './policy.ts';
 
 /**
@@ -34,12 +35,13 @@ export type ProxyProtocol = 'connect' | 'http' | 'socks5';
 
 export class Attempt {
   readonly connectionId = randomUUID();
-  readonly startTime = new Date();
-  private readonly startNs = process.hrtime.bigint();
+  /** Wall clock for the record's start_time; the duration comes from the monotonic clock. */
+  readonly startMs = Date.now();
+  private readonly startMono = performance.now();
   source: string | null = null;
   policy: string | null = null;
   networkType: EgressNetworkType = 'direct';
-  networkResources: string[] = [];
+  networkResources: string[] = NO_RESOURCES;
   host: string | undefined;
   port = 0;
   address: string | undefined;
@@ -66,24 +68,25 @@ export class Attempt {
   }
 
   /** Emits the record, once. */
-  end(endTime = new Date()): void {
+  end(): void {
     if (this.ended) return;
     this.ended = true;
     if (!this.egressed && !this.failure) this.failure = { reason: 'downstream_disconnect', detail: 'the client closed before traffic left' };
-    this.onEnd(this.toRecord(endTime), this);
+    this.onEnd(this.toRecord(), this);
   }
 
   durationMs(): number {
-    return Number(process.hrtime.bigint() - this.startNs) / 1e6;
+    return performance.now() - this.startMono;
   }
 
-  private toRecord(endTime: Date): EgressRecord {
+  private toRecord(): EgressRecord {
+    const durationMs = this.durationMs();
     const record: EgressRecord = {
       response_flags: this.egressed ? 'success' : 'failed',
       request_size: this.requestSize,
       response_size: this.responseSize,
       destination_port: this.port,
-      duration_ms: Math.round(this.durationMs() * 1000) / 1000,
+      duration_ms: Math.round(durationMs * 1000) / 1000,
       metadata: {
         network_policy: this.policy,
         source: this.source,
@@ -92,8 +95,8 @@ export class Attempt {
       },
       protocol: this.protocol,
       connection_id: this.connectionId,
-      start_time: this.startTime.toISOString(),
-      end_time: endTime.toISOString(),
+      start_time: new Date(this.startMs).toISOString(),
+      end_time: new Date(this.startMs + Math.round(durationMs)).toISOString(),
       client_address: this.clientAddress,
     };
     if (this.host !== undefined) record.destination_host = this.host;
@@ -108,57 +111,100 @@ export class Attempt {
   }
 }
 
+/** Shared by every direct attempt (never mutated: agent attempts assign their own list). */
+const NO_RESOURCES: string[] = [];
+
 /**
- * Relays bytes both ways until both directions are finished. Half-close is carried across (a client's FIN ends the
- * upstream's write side and the reverse direction keeps flowing), so both sockets must be created with
- * `allowHalfOpen`. Bytes are counted on the upstream socket from `upstreamBase` on, so what the record says is what
- * reached and came back from the destination through the tunnel.
+ * Relays bytes both ways until both directions are finished, then calls `done`. Half-close is carried across (a
+ * client's FIN ends the upstream's write side and the reverse direction keeps flowing), so both sockets must be
+ * created with `allowHalfOpen`. Bytes are counted on the upstream socket from `upstreamBase` on, so what the record
+ * says is what reached and came back from the destination through the tunnel. Each direction is a 'data' handler
+ * writing to the other socket, pausing on backpressure until 'drain': leaner than `stream.pipe`, which matters at
+ * thousands of tunnels/s. A tunnel is idle when nothing moves either way for `idleMs` (checked by the coarse sweep).
  */
 export function relay(
   client: Socket,
   upstream: Socket,
   attempt: Attempt,
   options: { idleMs: number; upstreamBase: { read: number; written: number } },
-): Promise<void> {
-  return new Promise((resolve) => {
-    let open = 2;
-    const settle = (): void => {
-      if (--open > 0) return;
-      attempt.requestSize = upstream.bytesWritten - options.upstreamBase.written;
-      attempt.responseSize = upstream.bytesRead - options.upstreamBase.read;
-      attempt.closeReason ??= 'completed';
-      resolve();
-    };
-    client.once('close', settle);
-    upstream.once('close', settle);
-    client.on('error', () => {
-      attempt.closeReason ??= 'client_reset';
-      upstream.destroy();
-    });
-    upstream.on('error', () => {
-      attempt.closeReason ??= 'destination_reset';
-      client.destroy();
-    });
-    // A tunnel is idle when nothing moves either way; every relayed byte touches the client socket.
-    client.setTimeout(options.idleMs, () => {
-      attempt.closeReason ??= 'idle_timeout';
-      client.destroy();
-      upstream.destroy();
-    });
-    forward(client, upstream);
-    forward(upstream, client);
-  });
+  done: () => void,
+): void {
+  new Tunnel(client, upstream, attempt, options.idleMs, options.upstreamBase, done).start();
 }
 
-/**
- * One direction of the relay with backpressure: a full destination pauses the source until it drains, and the
- * source's FIN becomes the destination's FIN. Leaner than `stream.pipe`, which matters at thousands of tunnels/s.
- */
-function forward(from: Socket, to: Socket): void {
-  from.on('data', (chunk: Buffer) => {
-    if (!to.write(chunk)) from.pause();
-  });
-  to.on('drain', () => from.resume());
-  from.once('end', () => to.end());
-  from.resume();
+class Tunnel implements Deadline {
+  at: number;
+  private lastActive = coarseNow();
+  private open = 2;
+
+  constructor(
+    private readonly client: Socket,
+    private readonly upstream: Socket,
+    private readonly attempt: Attempt,
+    private readonly idleMs: number,
+    private readonly base: { read: number; written: number },
+    private readonly done: () => void,
+  ) {
+    this.at = Date.now() + idleMs;
+  }
+
+  start(): void {
+    const { client, upstream } = this;
+    client.on('data', this.fromClient).on('end', this.clientEnded).on('close', this.settle).on('error', this.clientError);
+    upstream.on('data', this.fromUpstream).on('end', this.upstreamEnded).on('close', this.settle).on('error', this.upstreamError);
+    watchDeadline(this);
+    client.resume();
+    upstream.resume();
+  }
+
+  expire(now: number): void {
+    if (now - this.lastActive < this.idleMs) {
+      this.at = this.lastActive + this.idleMs;
+      watchDeadline(this);
+      return;
+    }
+    this.attempt.closeReason ??= 'idle_timeout';
+    this.client.destroy();
+    this.upstream.destroy();
+  }
+
+  private readonly fromClient = (chunk: Buffer): void => {
+    this.lastActive = coarseNow();
+    if (!this.upstream.write(chunk)) {
+      this.client.pause();
+      this.upstream.once('drain', this.resumeClient);
+    }
+  };
+
+  private readonly fromUpstream = (chunk: Buffer): void => {
+    this.lastActive = coarseNow();
+    if (!this.client.write(chunk)) {
+      this.upstream.pause();
+      this.client.once('drain', this.resumeUpstream);
+    }
+  };
+
+  private readonly resumeClient = (): void => void this.client.resume();
+  private readonly resumeUpstream = (): void => void this.upstream.resume();
+  private readonly clientEnded = (): void => void this.upstream.end();
+  private readonly upstreamEnded = (): void => void this.client.end();
+
+  private readonly clientError = (): void => {
+    this.attempt.closeReason ??= 'client_reset';
+    this.upstream.destroy();
+  };
+
+  private readonly upstreamError = (): void => {
+    this.attempt.closeReason ??= 'destination_reset';
+    this.client.destroy();
+  };
+
+  private readonly settle = (): void => {
+    if (--this.open > 0) return;
+    clearDeadline(this);
+    this.attempt.requestSize = this.upstream.bytesWritten - this.base.written;
+    this.attempt.responseSize = this.upstream.bytesRead - this.base.read;
+    this.attempt.closeReason ??= 'completed';
+    this.done();
+  };
 }

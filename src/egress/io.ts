@@ -1,6 +1,60 @@
 import { connect, type Socket } from 'node:net';
 
-/** Socket plumbing shared by the proxy and the agent: bounded handshake reads and dials with a classified outcome. */
+/**
+ * Socket plumbing shared by the proxy and the agent: coarse deadlines, bounded handshake reads and dials with a
+ * classified outcome.
+ */
+
+// ---- deadlines ----
+
+/**
+ * Something that must happen by `at` (ms since the epoch) unless cancelled. Every pending deadline of the process
+ * is checked by one interval timer every TICK_MS, instead of a timer per socket (and `socket.setTimeout`, which is
+ * re-armed on every read and write): at thousands of connections a second the per-socket timers were a measurable
+ * part of the proxy's CPU per connection. A deadline fires up to TICK_MS late.
+ */
+export interface Deadline {
+  at: number;
+  expire(now: number): void;
+}
+
+const TICK_MS = 50;
+const pendingDeadlines = new Set<Deadline>();
+let sweeper: NodeJS.Timeout | undefined;
+let clock = Date.now();
+
+/** Date.now() as of the last sweep: good to TICK_MS, for stamping activity on every relayed chunk. */
+export function coarseNow(): number {
+  return clock;
+}
+
+export function watchDeadline(deadline: Deadline): void {
+  pendingDeadlines.add(deadline);
+  if (!sweeper) {
+    clock = Date.now();
+    // Unreferenced: a deadline never keeps the process alive by itself; the socket it guards does.
+    sweeper = setInterval(sweep, TICK_MS).unref();
+  }
+}
+
+export function clearDeadline(deadline: Deadline): void {
+  pendingDeadlines.delete(deadline);
+}
+
+function sweep(): void {
+  const now = (clock = Date.now());
+  for (const deadline of pendingDeadlines) {
+    if (deadline.at > now) continue;
+    pendingDeadlines.delete(deadline);
+    deadline.expire(now);
+  }
+  if (pendingDeadlines.size === 0) {
+    clearInterval(sweeper);
+    sweeper = undefined;
+  }
+}
+
+// ---- handshake reads ----
 
 export class HandshakeEnded extends Error {
   constructor(readonly why: 'timeout' | 'closed') {
@@ -9,51 +63,55 @@ export class HandshakeEnded extends Error {
   }
 }
 
+type Parse = (buffer: Buffer) => { length: number } | undefined;
+type Done = (err: Error | undefined, value: { length: number } | undefined) => void;
+
+const EMPTY = Buffer.alloc(0);
+
 /**
- * Buffers what a socket sends until `parse` recognises a complete message, then hands back the value and whatever
- * arrived after it. The socket is paused on return, so no byte is lost before the caller attaches its relay.
- * `parse` throws for bytes that can never become valid; `deadline` bounds slow (slowloris) clients.
+ * Buffers what a socket sends until `parse` recognises a complete message, then hands back the value and keeps
+ * whatever arrived after it. The socket is paused on return, so no byte is lost before the caller attaches its
+ * relay. `parse` throws for bytes that can never become valid; the deadline (`at`) bounds slow (slowloris) clients.
  */
-export class HandshakeReader {
-  private buffer: Buffer = Buffer.alloc(0);
+export class HandshakeReader implements Deadline {
+  private buffer: Buffer = EMPTY;
+  private parse: Parse | undefined;
+  private done: Done | undefined;
 
   constructor(
     private readonly socket: Socket,
-    private readonly deadline: number,
+    /** The handshake's deadline, ms since the epoch. */
+    public at: number,
   ) {}
 
-  async read<T extends { length: number }>(parse: (buffer: Buffer) => T | undefined): Promise<T> {
-    const ready = parse(this.buffer);
-    if (ready !== undefined) return this.consume(ready);
-    return new Promise<T>((resolve, reject) => {
-      const remaining = this.deadline - Date.now();
-      const timer = setTimeout(() => finish(new HandshakeEnded('timeout')), Math.max(0, remaining));
-      const onData = (chunk: Buffer): void => {
-        this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
-        try {
-          const value = parse(this.buffer);
-          if (value !== undefined) finish(undefined, value);
-        } catch (err) {
-          finish(err as Error);
-        }
-      };
-      const onEnd = (): void => finish(new HandshakeEnded('closed'));
-      const finish = (err: Error | undefined, value?: T): void => {
-        clearTimeout(timer);
-        this.socket.off('data', onData).off('end', onEnd).off('close', onEnd).off('error', onEnd);
-        this.socket.pause();
-        if (err) reject(err);
-        else resolve(this.consume(value!));
-      };
-      this.socket.on('data', onData).once('end', onEnd).once('close', onEnd).once('error', onEnd);
-      this.socket.resume();
-    });
+  /** Calls `done` once with the parsed message or the error; at once when the bytes are already buffered. */
+  next<T extends { length: number }>(parse: (buffer: Buffer) => T | undefined, done: (err: Error | undefined, value: T | undefined) => void): void {
+    let ready: T | undefined;
+    try {
+      ready = parse(this.buffer);
+    } catch (err) {
+      done(err as Error, undefined);
+      return;
+    }
+    if (ready !== undefined) {
+      done(undefined, this.consume(ready));
+      return;
+    }
+    this.parse = parse;
+    this.done = done as Done;
+    this.socket.on('data', this.onData).on('end', this.onEnd).on('close', this.onEnd).on('error', this.onEnd);
+    watchDeadline(this);
+    this.socket.resume();
+  }
+
+  read<T extends { length: number }>(parse: (buffer: Buffer) => T | undefined): Promise<T> {
+    return new Promise((resolve, reject) => this.next(parse, (err, value) => (err ? reject(err) : resolve(value!))));
   }
 
   /** Bytes received after the last parsed message (e.g. a pipelined request body or a TLS hello). */
   takeRest(): Buffer {
     const rest = this.buffer;
-    this.buffer = Buffer.alloc(0);
+    this.buffer = EMPTY;
     return rest;
   }
 
@@ -66,11 +124,43 @@ export class HandshakeReader {
     return found.value;
   }
 
+  expire(): void {
+    this.finish(new HandshakeEnded('timeout'), undefined);
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.buffer = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+    let value: { length: number } | undefined;
+    try {
+      value = this.parse!(this.buffer);
+    } catch (err) {
+      this.finish(err as Error, undefined);
+      return;
+    }
+    if (value !== undefined) this.finish(undefined, value);
+  };
+
+  private readonly onEnd = (): void => this.finish(new HandshakeEnded('closed'), undefined);
+
+  private finish(err: Error | undefined, value: { length: number } | undefined): void {
+    const done = this.done;
+    if (!done) return;
+    this.done = undefined;
+    this.parse = undefined;
+    clearDeadline(this);
+    this.socket.off('data', this.onData).off('end', this.onEnd).off('close', this.onEnd).off('error', this.onEnd);
+    this.socket.pause();
+    if (err) done(err, undefined);
+    else done(undefined, this.consume(value!));
+  }
+
   private consume<T extends { length: number }>(value: T): T {
-    this.buffer = this.buffer.subarray(value.length);
+    this.buffer = value.length === this.buffer.length ? EMPTY : this.buffer.subarray(value.length);
     return value;
   }
 }
+
+// ---- dials ----
 
 export type DialFailure = 'connect_refused' | 'connect_timeout' | 'connect_error';
 
@@ -84,29 +174,39 @@ export class DialError extends Error {
   }
 }
 
-/** Opens a TCP connection to an IP literal (never a name: the caller resolved and checked it). */
+/** Later errors surface as 'close' to whoever relays; an unheard 'error' event would end the process. */
+function ignore(): void {}
+
+/**
+ * Opens a TCP connection to an IP literal (never a name: the caller resolved and checked it) and calls `done` once,
+ * with the connected socket or a classified `DialError`.
+ */
+export function dialThen(address: string, port: number, timeoutMs: number, done: (err: DialError | undefined, socket: Socket | undefined) => void): void {
+  const socket = connect({ host: address, port, allowHalfOpen: true, noDelay: true });
+  const deadline: Deadline = {
+    at: Date.now() + timeoutMs,
+    expire: () => fail(new DialError('connect_timeout', `no answer from ${address} port ${port} within ${timeoutMs} ms`)),
+  };
+  const onError = (err: NodeJS.ErrnoException): void => {
+    const reason = err.code === 'ECONNREFUSED' ? 'connect_refused' : err.code === 'ETIMEDOUT' ? 'connect_timeout' : 'connect_error';
+    fail(new DialError(reason, `${address} port ${port}: ${err.code ?? err.message}`));
+  };
+  const fail = (err: DialError): void => {
+    clearDeadline(deadline);
+    socket.off('connect', onConnect).off('error', onError).on('error', ignore).destroy();
+    done(err, undefined);
+  };
+  const onConnect = (): void => {
+    clearDeadline(deadline);
+    socket.off('error', onError).on('error', ignore);
+    done(undefined, socket);
+  };
+  socket.once('connect', onConnect).once('error', onError);
+  watchDeadline(deadline);
+}
+
 export function dial(address: string, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: address, port, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new DialError('connect_timeout', `no answer from ${address} port ${port} within ${timeoutMs} ms`));
-    }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      // Later errors surface as 'close' to whoever relays; an unheard 'error' event would end the process.
-      socket.on('error', () => {});
-      resolve(socket);
-    });
-    const onError = (err: NodeJS.ErrnoException): void => {
-      clearTimeout(timer);
-      socket.destroy();
-      const reason = err.code === 'ECONNREFUSED' ? 'connect_refused' : err.code === 'ETIMEDOUT' ? 'connect_timeout' : 'connect_error';
-      reject(new DialError(reason, `${address} port ${port}: ${err.code ?? err.message}`));
-    };
-    socket.once('error', onError);
-  });
+  return new Promise((resolve, reject) => dialThen(address, port, timeoutMs, (err, socket) => (err ? reject(err) : resolve(socket!))));
 }
 
 /** `[v6]:port` or `v4:port`, as the client and agents want to see an address. */

@@ -95,13 +95,22 @@ export function toLogEntry(record: EgressRecord, options: { project: string; pro
   const labels: Record<string, string> = { network_type: record.metadata.network_type, response_flags: record.response_flags };
   if (record.metadata.source) labels['source'] = record.metadata.source;
   if (record.metadata.network_policy) labels['network_policy'] = record.metadata.network_policy;
-  return {
-    ...(record.connection_id ? { insertId: record.connection_id } : {}),
-    logName: logName(options.project, LOG_IDS.networkEgress),
+  const entry: LogEntryInput = {
+    logName: egressLogName(options.project),
     timestamp: record.end_time ?? new Date().toISOString(),
     severity: record.response_flags === 'success' ? 'INFO' : 'WARNING',
     resource: { type: EGRESS_RESOURCE_TYPE, labels: { project_id: options.project, proxy_id: options.proxyId } },
     labels,
     jsonPayload: record as unknown as Record<string, unknown>,
   };
+  if (record.connection_id) entry.insertId = record.connection_id;
+  return entry;
+}
+
+let lastLogName: { project: string; name: string } | undefined;
+
+/** One entry per connection: the logName is built once per project, not per record. */
+function egressLogName(project: string): string {
+  if (lastLogName?.project !== project) lastLogName = { project, name: logName(project, LOG_IDS.networkEgress) };
+  return lastLogName.name;
 }

@@ -5,9 +5,9 @@ import { componentLogger, splitHostPort } from '../telemetry/index.ts';
 import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
 import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
 import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
-import { dial, DialError, formatHostPort, HandshakeEnded, HandshakeReader } from './io.ts';
+import { dial, DialError, formatHostPort, HandshakeEnded, HandshakeReader, watchDeadline } from './io.ts';
 import { countRecord, egressMetrics } from './metrics.ts';
-import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies } from './policy.ts';
+import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies, type Decision } from './policy.ts';
 import { createResolver, ResolveError, type Resolver } from './resolver.ts';
 import {
   basicCredentials,
@@ -93,6 +93,10 @@ export class EgressProxy {
   private readonly perSource = new Map<string, number>();
   private draining = false;
   private readonly passwordDigests = new WeakMap<EgressSource, Buffer>();
+  /** Proxy-Authorization values that verified, and their source; emptied on reload. */
+  private verified = new Map<string, EgressSource>();
+  /** Decisions for IP-literal destinations, a pure function of the config; emptied on reload. */
+  private decisions = new Map<string, Decision>();
   private readonly log = componentLogger('egress');
 
   constructor(private readonly options: EgressProxyOptions) {
@@ -118,6 +122,8 @@ export class EgressProxy {
       throw err;
     }
     if (!this.options.resolver) this.resolver = createResolver(config.resolver);
+    this.verified = new Map();
+    this.decisions = new Map();
     this.agents.sync(config);
     this.log.info({ policies: config.policies.length, sources: config.sources.length }, 'egress config applied');
   }
@@ -216,7 +222,7 @@ export class EgressProxy {
   // ---- one connection ----
 
   private begin(client: Socket, protocol: ProxyProtocol): Attempt {
-    client.on('error', () => {});
+    client.on('error', ignore);
     const attempt = new Attempt(protocol, formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), (record, a) => {
       this.open.delete(client);
       if (a.source !== null) {
@@ -254,6 +260,24 @@ export class EgressProxy {
     let expected = this.passwordDigests.get(source);
     if (!expected) this.passwordDigests.set(source, (expected = digest(source.credentials.password)));
     return timingSafeEqual(expected, digest(password)) ? source : undefined;
+  }
+
+  /**
+   * Basic credentials to their source. A header value that verified once maps straight to its source until the
+   * next reload (as Squid's credentials cache does), sparing a base64 decode and two digests per connection; the
+   * map is bounded, and a value that never verified always takes the constant-time path.
+   */
+  private sourceByAuthorization(value: string | undefined): EgressSource | undefined {
+    if (value === undefined) return undefined;
+    const known = this.verified.get(value);
+    if (known) return known;
+    const credentials = basicCredentials(value);
+    const source = credentials && this.sourceByCredentials(credentials.username, credentials.password);
+    if (source) {
+      if (this.verified.size >= CACHE_LIMIT) this.verified.clear();
+      this.verified.set(value, source);
+    }
+    return source;
   }
 
   private handshakeFailure(attempt: Attempt, err: unknown): FailureReason {
@@ -298,10 +322,7 @@ export class EgressProxy {
 
     const source = dedicatedSource
       ? this.config.sources.find((s) => s.id === dedicatedSource)
-      : (() => {
-          const credentials = basicCredentials(headerValue(head, 'Proxy-Authorization'));
-          return credentials && this.sourceByCredentials(credentials.username, credentials.password);
-        })();
+      : this.sourceByAuthorization(headerValue(head, 'Proxy-Authorization'));
     if (!source) {
       attempt.fail('unauthenticated', dedicatedSource ? `source ${dedicatedSource} is no longer configured` : 'missing or wrong Proxy-Authorization (Basic)');
       refuse('unauthenticated', { 'Proxy-Authenticate': 'Basic realm="custos egress"' });
@@ -323,7 +344,7 @@ export class EgressProxy {
     }
     if (isConnect && !upstream.replied) client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
     if (!isConnect) upstream.socket.write(originFormHead(head, target.path!));
-    await this.tunnel(attempt, client, reader, upstream);
+    this.tunnel(attempt, client, reader, upstream);
   }
 
   private async handleSocks(client: Socket, dedicatedSource: string | undefined): Promise<void> {
@@ -381,17 +402,16 @@ export class EgressProxy {
       return;
     }
     if (!upstream.replied) client.write(socksReply(SOCKS.reply.succeeded, { address: upstream.socket.localAddress ?? '0.0.0.0', port: upstream.socket.localPort ?? 0 }));
-    await this.tunnel(attempt, client, reader, upstream);
+    this.tunnel(attempt, client, reader, upstream);
   }
 
-  private async tunnel(attempt: Attempt, client: Socket, reader: HandshakeReader, upstream: Upstream): Promise<void> {
+  private tunnel(attempt: Attempt, client: Socket, reader: HandshakeReader, upstream: Upstream): void {
     const entry = this.open.get(client);
     if (entry) entry.upstream = upstream.socket;
     if (upstream.early.length) client.write(upstream.early);
     const rest = reader.takeRest();
     if (rest.length) upstream.socket.write(rest);
-    await relay(client, upstream.socket, attempt, { idleMs: this.config.timeouts.idleMs, upstreamBase: upstream.base });
-    attempt.end();
+    relay(client, upstream.socket, attempt, { idleMs: this.config.timeouts.idleMs, upstreamBase: upstream.base }, () => attempt.end());
   }
 
   /**
@@ -412,21 +432,8 @@ export class EgressProxy {
       attempt.fail('draining', 'the proxy is shutting down');
       return undefined;
     }
-    const policies = sourcePolicies(this.config, source);
-    const candidates = candidatePolicies(policies, host, port);
-    if (candidates.length === 0) {
-      attempt.fail('no_matching_policy', `no policy imported by ${source.id} allows ${host} port ${port}`);
-      return undefined;
-    }
-    let addresses: string[];
-    try {
-      addresses = await this.resolver.resolve(host);
-    } catch (err) {
-      attempt.policy = candidates[0]!.id;
-      attempt.fail('dns_failure', err instanceof ResolveError ? err.message : `resolving ${host}: ${(err as Error).message}`);
-      return undefined;
-    }
-    const decision = decide(candidates, host, port, addresses);
+    const decision = this.decisions.get(`${source.id} ${host} ${port}`) ?? (await this.decide(attempt, source, host, port));
+    if (!decision) return undefined;
     if (!decision.allowed) {
       if (decision.policy) this.notePolicy(attempt, decision.policy);
       attempt.fail(decision.reason, decision.detail);
@@ -470,6 +477,35 @@ export class EgressProxy {
       return undefined;
     }
     return { ...upstream, replied };
+  }
+
+  /**
+   * The policy decision, resolving the name once. A decision for an IP literal involves no DNS, so it is kept
+   * (bounded, until the next reload) and the next connection to the same destination dials the same checked
+   * address without deciding again. Undefined with `attempt.failure` set when the name did not resolve.
+   */
+  private async decide(attempt: Attempt, source: EgressSource, host: string, port: number): Promise<Decision | undefined> {
+    const candidates = candidatePolicies(sourcePolicies(this.config, source), host, port);
+    const literal = ipLiteral(host);
+    let decision: Decision;
+    if (candidates.length === 0) {
+      decision = { allowed: false, reason: 'no_matching_policy', detail: `no policy imported by ${source.id} allows ${host} port ${port}` };
+    } else if (literal) {
+      decision = decide(candidates, host, port, [literal.toString()]);
+    } else {
+      try {
+        return decide(candidates, host, port, await this.resolver.resolve(host));
+      } catch (err) {
+        attempt.policy = candidates[0]!.id;
+        attempt.fail('dns_failure', err instanceof ResolveError ? err.message : `resolving ${host}: ${(err as Error).message}`);
+        return undefined;
+      }
+    }
+    if (literal) {
+      if (this.decisions.size >= CACHE_LIMIT) this.decisions.clear();
+      this.decisions.set(`${source.id} ${host} ${port}`, decision);
+    }
+    return decision;
   }
 
   private notePolicy(attempt: Attempt, policy: EgressPolicy): void {
@@ -558,9 +594,14 @@ function closeRefused(client: Socket, attempt: Attempt, reply?: string | Buffer)
     if (reply === undefined) client.end();
     else client.end(reply);
     client.resume();
-    setTimeout(() => client.destroy(), 1000).unref();
+    watchDeadline({ at: Date.now() + 1000, expire: () => client.destroy() });
   }
 }
+
+/** Bound of the credential and decision caches (cleared when full: keys come from clients). */
+const CACHE_LIMIT = 4096;
+
+function ignore(): void {}
 
 function isFailureReason(value: string | undefined): value is FailureReason {
   return value !== undefined && value in FAILURE_REPLIES;
