@@ -4,7 +4,7 @@
  * The seed's examples differ by deployment (Kubernetes node vs data plane as target, verbose vs not); the rules
  * followed here are written beside each builder. Events are written as NDJSON and/or as LogEntries to the store.
  */
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { logName, LOG_IDS, type AuditField, type AuditTransformation, type DataProxyAuditEvent, type LogEntryInput, type Severity, type SingleFieldTransformation } from '../model/index.ts';
 import type { BatchingSink } from '../ingest/sink.ts';
@@ -22,9 +22,54 @@ export interface QueryAudit {
 
 type Header = DataProxyAuditEvent['header'];
 
+/** What varies between two events of one template: a fresh id and time, the session, the query text. */
+export interface EventStamp {
+  id: string;
+  eventTime: string;
+}
+
+/**
+ * Placeholders for a template's varying values: random per process, so no configured name or query can contain
+ * them. They are only ever written into the template, never into an event.
+ */
+const SLOT_NONCE = randomBytes(8).toString('hex');
+const slot = (name: string): string => `custos-slot-${name}-${SLOT_NONCE}`;
+const SLOT_PATTERN = new RegExp(`"custos-slot-([a-zA-Z]+)-${SLOT_NONCE}"`);
+
+/**
+ * One event's NDJSON line as the UTF-8 text between its varying values (`text[i]` precedes `slots[i]`, the last
+ * one ends the line) and which value goes into each gap.
+ */
+export interface LineTemplate {
+  userId: string;
+  userName: string;
+  text: Buffer[];
+  slots: ('id' | 'eventTime' | 'correlationId' | 'query')[];
+  /** Bytes of `text`. */
+  bytes: number;
+}
+
+let lastMillis = 0;
+let lastTime = '';
+/** ISO-8601 now; one Date formatting per millisecond however many events share it. */
+export function eventTimeNow(): string {
+  const now = Date.now();
+  if (now !== lastMillis) {
+    lastMillis = now;
+    lastTime = new Date(now).toISOString();
+  }
+  return lastTime;
+}
+
+export function newStamp(): EventStamp {
+  return { id: randomUUID(), eventTime: eventTimeNow() };
+}
+
 export class AuditEvents {
   /** requestData depends only on the tables a (cached) rewrite reads: built once per rewrite, shared read-only. */
   private readonly requestDataCache = new WeakMap<TablePlan[], Record<string, unknown>>();
+  /** policy.resolution lines by the (cached) rewrite they report; see `policyResolvedLine`. */
+  private readonly lineTemplates = new WeakMap<object, LineTemplate>();
 
   constructor(private readonly config: DataProxyConfig) {}
 
@@ -32,10 +77,10 @@ export class AuditEvents {
     return this.config.audit.reportSourceIp ? sourceIp : null;
   }
 
-  private header(action: string, initiator: Header['initiator'], status: Header['status'], target: Header['target']): Header {
+  private header(action: string, initiator: Header['initiator'], status: Header['status'], target: Header['target'], stamp = newStamp()): Header {
     return {
-      id: randomUUID(),
-      event: { eventTime: new Date().toISOString(), eventType: 'ACTIVITY', action },
+      id: stamp.id,
+      event: { eventTime: stamp.eventTime, eventType: 'ACTIVITY', action },
       initiator,
       observer: { id: 'target' },
       status,
@@ -98,7 +143,7 @@ export class AuditEvents {
    * Non-verbose: transformations name their fields only. Verbose adds the user, the request and each
    * transformation's parameters; a metadata request's status has no `reason` and no `responseData`, as printed.
    */
-  policyResolved(who: Principal, correlationId: string, q: QueryAudit): DataProxyAuditEvent {
+  policyResolved(who: Principal, correlationId: string, q: QueryAudit, stamp = newStamp()): DataProxyAuditEvent {
     const verbose = this.config.audit.verbose;
     const metadata = 'metadata' in q.request;
     let requestData: Record<string, unknown> | undefined = this.config.audit.includeContext ? undefined : this.requestDataCache.get(q.tables);
@@ -111,7 +156,7 @@ export class AuditEvents {
     }
     return {
       header: this.header('policy.resolution', { id: who.id, typeURI: 'User', tenant: this.config.tenant },
-        metadata && verbose ? { outcome: 'SUCCESS' } : { outcome: 'SUCCESS', reason: null }, this.queryTarget()),
+        metadata && verbose ? { outcome: 'SUCCESS' } : { outcome: 'SUCCESS', reason: null }, this.queryTarget(), stamp),
       attachments: [{
         ...this.source(),
         ...(verbose ? { userId: who.name, request: q.request } : {}),
@@ -120,6 +165,26 @@ export class AuditEvents {
         requestData,
       }],
     };
+  }
+
+  /**
+   * The template of `policyResolved`'s NDJSON line for `key` (a cached rewrite, which fixes the tables, the request
+   * kind and the user): the event is built once with placeholders and serialised, so a query then only joins the
+   * bytes around its id, time, correlationId and query (`AuditLog.templated`). The line is exactly
+   * `JSON.stringify(policyResolved(…))`: same fields, same order, without building and walking the event.
+   */
+  policyResolvedTemplate(who: Principal, q: QueryAudit, key: object): LineTemplate {
+    let template = this.lineTemplates.get(key);
+    if (template && template.userId === who.id && template.userName === who.name) return template;
+    const request = 'query' in q.request ? { query: slot('query') } : q.request;
+    const event = this.policyResolved(who, slot('correlationId'), { ...q, request }, { id: slot('id'), eventTime: slot('eventTime') });
+    const parts = (JSON.stringify(event) + '\n').split(SLOT_PATTERN);
+    const text = parts.filter((_, i) => i % 2 === 0).map((t) => Buffer.from(t, 'utf8'));
+    const slots = parts.filter((_, i) => i % 2 === 1) as LineTemplate['slots'];
+    const bytes = text.reduce((n, b) => n + b.length, 0);
+    template = { userId: who.id, userName: who.name, text, slots, bytes };
+    this.lineTemplates.set(key, template);
+    return template;
   }
 
   private field(f: FieldConfig): AuditField {
@@ -208,6 +273,9 @@ function columnsOf(expression: string): string[] {
   return [...out];
 }
 
+const FLUSH_BYTES = 256 * 1024;
+const CHUNK_BYTES = FLUSH_BYTES + 64 * 1024;
+
 const SEVERITY: Record<Header['severity'], Severity> = { NORMAL: 'INFO', WARNING: 'WARNING', CRITICAL: 'CRITICAL' };
 
 /**
@@ -216,8 +284,9 @@ const SEVERITY: Record<Header['severity'], Severity> = { NORMAL: 'INFO', WARNING
  */
 export class AuditLog {
   private readonly file: WriteStream | NodeJS.WriteStream | undefined;
-  private pending: string[] = [];
-  private pendingBytes = 0;
+  /** Lines not yet written, as UTF-8 in `chunk[0, used)`; a written chunk belongs to the stream, so a fresh one follows. */
+  private chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+  private used = 0;
   private timer: NodeJS.Timeout | undefined;
   constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string }) {
     if (options.logFile === '-') this.file = process.stdout;
@@ -225,23 +294,69 @@ export class AuditLog {
   }
 
   emit(event: DataProxyAuditEvent, categories: string[]): void {
-    if (this.file) {
-      const line = JSON.stringify(event);
-      this.pending.push(line);
-      this.pendingBytes += line.length;
-      if (this.pendingBytes >= 256 * 1024) this.flushFile();
-      else this.timer ??= setTimeout(() => this.flushFile(), 50);
+    if (this.file) this.line(JSON.stringify(event) + '\n');
+    if (this.options.sink) this.entry(event, categories);
+  }
+
+  /** Whether events go to a file (as lines) and to the store (as LogEntries): a producer builds only what is used. */
+  get writesLines(): boolean {
+    return this.file !== undefined;
+  }
+  get writesEntries(): boolean {
+    return this.options.sink !== undefined;
+  }
+
+  private line(text: string): void {
+    this.reserve(Buffer.byteLength(text));
+    this.used += this.chunk.write(text, this.used, 'utf8');
+    this.written();
+  }
+
+  /** A line from its template: the template's bytes with the stamp, the session's correlationId and the query between. */
+  templated(t: LineTemplate, stamp: EventStamp, correlationId: string, query: string): void {
+    const values = { id: `"${stamp.id}"`, eventTime: `"${stamp.eventTime}"`, correlationId: JSON.stringify(correlationId), query: '' };
+    if (t.slots.includes('query')) values.query = JSON.stringify(query);
+    let bytes = t.bytes;
+    for (const name of t.slots) bytes += Buffer.byteLength(values[name]);
+    this.reserve(bytes);
+    const chunk = this.chunk;
+    let at = this.used;
+    for (let i = 0; i < t.slots.length; i++) {
+      const text = t.text[i]!;
+      chunk.set(text, at);
+      at += text.length;
+      at += chunk.write(values[t.slots[i]!], at, 'utf8');
     }
-    if (this.options.sink) this.options.sink.add(toLogEntry(event, categories, this.options.project));
+    const last = t.text[t.slots.length]!;
+    chunk.set(last, at);
+    this.used = at + last.length;
+    this.written();
+  }
+
+  private reserve(bytes: number): void {
+    if (this.used + bytes <= this.chunk.length) return;
+    this.flushFile();
+    if (bytes > this.chunk.length) this.chunk = Buffer.allocUnsafe(bytes);
+  }
+
+  private written(): void {
+    if (this.used >= FLUSH_BYTES) this.flushFile();
+    else this.timer ??= setTimeout(this.flushLater, 50);
+  }
+
+  private readonly flushLater = (): void => this.flushFile();
+
+  entry(event: DataProxyAuditEvent, categories: string[]): void {
+    this.options.sink?.add(toLogEntry(event, categories, this.options.project));
   }
 
   private flushFile(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.pending.length === 0 || !this.file) return;
-    this.file.write(this.pending.join('\n') + '\n');
-    this.pending = [];
-    this.pendingBytes = 0;
+    if (this.used === 0 || !this.file) return;
+    this.file.write(this.chunk.subarray(0, this.used));
+    this.chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+    this.used = 0;
   }
 
   async close(): Promise<void> {

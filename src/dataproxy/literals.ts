@@ -22,6 +22,8 @@ export interface Template {
 const isIdentifierChar = (c: number): boolean =>
   (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c === 0x5f || c === 0x24 || c >= 0x80;
 const isDigit = (c: number): boolean => c >= 0x30 && c <= 0x39;
+/** ASCII whitespace and every non-ASCII character: more than SQL's whitespace, so the check above fails closed. */
+const mayBeSpace = (c: number): boolean => c === 0x20 || (c >= 0x09 && c <= 0x0d) || c >= 0x80;
 
 export function templateOf(sql: string): Template | undefined {
   if (sql.includes('--') || sql.includes('/*') || sql.includes('$') || sql.includes('\\')) return undefined;
@@ -48,7 +50,9 @@ export function templateOf(sql: string): Template | undefined {
       if (i >= n) return undefined;
       i++;
       // Adjacent literals separated by a newline are one literal in SQL: leave such text to the full path.
-      if (/^\s*'/.test(sql.slice(i, i + 20))) return undefined;
+      let next = i;
+      while (next < n && mayBeSpace(sql.charCodeAt(next))) next++;
+      if (sql.charCodeAt(next) === 0x27) return undefined;
       out += sql.slice(last, start) + `$${FIRST_PARAMETER + literals.length}`;
       literals.push(sql.slice(start, i));
       last = i;
@@ -84,12 +88,23 @@ export function templateOf(sql: string): Template | undefined {
  * then takes the full path. (A parameter may appear twice: a predicate copied into the filter fence.)
  */
 export function fillTemplate(rewritten: string, literals: string[]): string | undefined {
-  const seen = new Array<number>(literals.length).fill(0);
-  const text = rewritten.replace(/\$(\d+)/g, (match, digits: string) => {
-    const index = Number(digits) - FIRST_PARAMETER;
-    if (index < 0 || index >= literals.length) return match;
-    seen[index]!++;
-    return literals[index]!;
-  });
-  return seen.every((count) => count >= 1) ? text : undefined;
+  let text = '';
+  let last = 0;
+  let seen = 0;
+  const counted = new Uint8Array(literals.length);
+  for (let at = rewritten.indexOf('$'); at >= 0; at = rewritten.indexOf('$', at + 1)) {
+    let end = at + 1;
+    let number = 0;
+    while (end < rewritten.length && isDigit(rewritten.charCodeAt(end))) number = number * 10 + rewritten.charCodeAt(end++) - 0x30;
+    // `$12` in `$123` is not a parameter: the whole digit run is the number, as in PostgreSQL's lexer.
+    const index = number - FIRST_PARAMETER;
+    if (end === at + 1 || index < 0 || index >= literals.length) continue;
+    text += rewritten.slice(last, at) + literals[index]!;
+    last = end;
+    if (counted[index] === 0) {
+      counted[index] = 1;
+      seen++;
+    }
+  }
+  return seen === literals.length ? text + rewritten.slice(last) : undefined;
 }

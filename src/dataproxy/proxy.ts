@@ -10,7 +10,7 @@ import { Counter } from 'prom-client';
 import type { DataProxyAuditEvent } from '../model/index.ts';
 import { componentLogger, registry, splitHostPort } from '../telemetry/index.ts';
 import type { BatchingSink } from '../ingest/sink.ts';
-import { AuditEvents, AuditLog } from './audit.ts';
+import { AuditEvents, AuditLog, newStamp, type QueryAudit } from './audit.ts';
 import { Catalog, type SqlRunner } from './catalog.ts';
 import type { DataProxyConfig, PolicyConfig } from './config.ts';
 import { maskedRelationSql, type MaskingKeys } from './masking.ts';
@@ -23,20 +23,35 @@ import { createDemoDatabase } from './demo-data.ts';
 
 const log = componentLogger('dataproxy');
 
-const eventsTotal = new Counter({
+/** Events counted by action and outcome; handed to prom-client when scraped, so counting one is an addition. */
+interface EventCount {
+  action: string;
+  outcome: string;
+  count: number;
+  reported: number;
+}
+const eventCounts = new Map<string, EventCount>();
+function countFor(action: string, outcome: string): EventCount {
+  const key = `${action}\0${outcome}`;
+  let c = eventCounts.get(key);
+  if (!c) eventCounts.set(key, (c = { action, outcome, count: 0, reported: 0 }));
+  return c;
+}
+const resolvedCount = countFor('policy.resolution', 'SUCCESS');
+
+new Counter({
   name: 'custos_dataproxy_audit_events_total',
   help: 'Data proxy audit events emitted, by action and outcome.',
   labelNames: ['action', 'outcome'] as const,
   registers: [registry],
+  collect() {
+    for (const c of eventCounts.values()) {
+      if (c.count === c.reported) continue;
+      this.labels(c.action, c.outcome).inc(c.count - c.reported);
+      c.reported = c.count;
+    }
+  },
 });
-
-const boundCounters = new Map<string, ReturnType<typeof eventsTotal.labels>>();
-function counterFor(action: string, outcome: string): ReturnType<typeof eventsTotal.labels> {
-  const key = `${action}\0${outcome}`;
-  let c = boundCounters.get(key);
-  if (!c) boundCounters.set(key, (c = eventsTotal.labels(action, outcome)));
-  return c;
-}
 
 /** A bounded map that forgets its oldest entries first. */
 export class BoundedCache<V> {
@@ -61,6 +76,8 @@ export interface ProxyContext {
   cache: BoundedCache<unknown>;
   tls: SecureContext | undefined;
   emit(event: DataProxyAuditEvent, categories: string[]): void;
+  /** A query's SUCCESS policy.resolution event; `key` is the cached rewrite it reports (see `policyResolvedLine`). */
+  policyResolved(who: Principal, correlationId: string, q: QueryAudit, key: object, categories: string[]): void;
   resolve(policies: PolicyConfig[], who: Principal): Resolution;
   rewriteContext(resolution: Resolution, who: Principal, policyVersion: number): RewriteContext;
 }
@@ -120,19 +137,26 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
   const keys: MaskingKeys = { secret };
   const audit = new AuditLog({ logFile: options.logFile, sink: options.sink, project: options.project });
   const masked = new BoundedCache<Node>(10_000);
+  const events = new AuditEvents(config);
 
   const ctx: ProxyContext = {
     config,
     upstream,
     catalog,
     policies,
-    events: new AuditEvents(config),
+    events,
     sessions: new Map(),
     cache: new BoundedCache(50_000),
     tls: config.tlsFiles ? createSecureContext({ cert: config.tlsFiles.cert, key: config.tlsFiles.key }) : undefined,
     emit(event, categories) {
-      counterFor(event.header.event.action, event.header.status.outcome).inc();
+      countFor(event.header.event.action, event.header.status.outcome).count++;
       audit.emit(event, categories);
+    },
+    policyResolved(who, correlationId, q, key, categories) {
+      resolvedCount.count++;
+      const stamp = newStamp();
+      if (audit.writesLines) audit.templated(events.policyResolvedTemplate(who, q, key), stamp, correlationId, 'query' in q.request ? q.request.query : '');
+      if (audit.writesEntries) audit.entry(events.policyResolved(who, correlationId, q, stamp), categories);
     },
     resolve: (list, who) => resolvePolicies(list, who, config.rlacFilterBehaviour),
     rewriteContext(resolution, who, version): RewriteContext {

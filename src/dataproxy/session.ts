@@ -17,20 +17,26 @@ import type { ProxyContext } from './proxy.ts';
 import type { Principal, Resolution } from './policy.ts';
 import type { PolicyConfig } from './config.ts';
 import { rewriteQuery, UnknownRelationError, type RewriteResult } from './rewrite.ts';
-import { fillTemplate, templateOf } from './literals.ts';
+import { fillTemplate, templateOf, type Template } from './literals.ts';
 import { ScramServerExchange, SCRAM_MECHANISM, createVerifier } from './scram.ts';
 import { FORWARDED_PARAMETERS, type UpstreamSession } from './upstream.ts';
 import {
   authenticationOk, backendKeyData, BodyReader, cstring, errorResponse, int32, message, MessageReader, parseErrorFields, parseMessage,
-  parseStartup, queryMessage, readParse, readyForQuery, type Message,
+  MAX_MESSAGE_BYTES, parseStartup, queryMessage, readParse, readyForQuery, type Message,
 } from './wire.ts';
 
 const log = componentLogger('dataproxy');
+const EXPORT_CATEGORIES = ['dataExport'];
+const NO_CATEGORIES: string[] = [];
 /** A verifier for users that do not exist, so their exchange fails like a wrong password does. */
 const UNKNOWN_USER_VERIFIER = createVerifier(randomBytes(16).toString('hex'), 4096);
 
 type Phase = 'startup' | 'sasl-initial' | 'sasl-final' | 'connecting' | 'ready' | 'closed';
-type Outcome = { ok: true; result: RewriteResult } | { ok: false; message: string; event: 'refused' | 'retrieval'; sqlstate?: string };
+/** What to do with one statement text; `sql` is what goes upstream (the statement's own text when unchanged). */
+type Outcome = { ok: true; result: RewriteResult; sql: string } | { ok: false; message: string; event: 'refused' | 'retrieval'; sqlstate?: string };
+type Parse = ReturnType<typeof readParse>;
+/** Statements a session remembers beside the shared cache, so the hot path builds no cache key. */
+const SESSION_STATEMENTS = 256;
 
 export class Session {
   readonly processId = randomInt(1, 2 ** 31 - 1);
@@ -40,7 +46,7 @@ export class Session {
   private readonly reader = new MessageReader(true);
   private readonly inbox: Message[] = [];
   private busy = false;
-  private outbox: Buffer[] = [];
+  private readonly outbox: Buffer[] = [];
   private scram: ScramServerExchange | undefined;
   private userName = '';
   private principal: Principal | undefined;
@@ -70,6 +76,10 @@ export class Session {
   }
 
   private onClientData(chunk: Buffer): void {
+    if (this.phase === 'ready' && !this.busy && this.inbox.length === 0 && this.reader.buffered === 0) {
+      this.forwardReady(chunk);
+      return;
+    }
     let messages: Message[];
     try {
       messages = this.reader.push(chunk);
@@ -79,6 +89,48 @@ export class Session {
     }
     for (const m of messages) this.inbox.push(m);
     this.drain();
+  }
+
+  /**
+   * The hot path of a ready session with nothing queued: whole messages are found by their 5-byte headers in the
+   * chunk as received; only Query, Parse, FunctionCall and Terminate are looked into, everything else is forwarded
+   * as the byte ranges it arrived in, in one write. A partial message, or a statement that needs an asynchronous
+   * step (policy fetch, catalog refresh), continues on the queued path.
+   */
+  private forwardReady(chunk: Buffer): void {
+    let offset = 0;
+    let from = 0;
+    while (chunk.length - offset >= 5) {
+      const type = chunk[offset]!;
+      const length = chunk.readInt32BE(offset + 1);
+      if (length < 4 || length > MAX_MESSAGE_BYTES) {
+        this.fatal('08P01', `invalid message length ${length} at offset ${offset}`);
+        return;
+      }
+      const end = offset + 1 + length;
+      if (end > chunk.length) break;
+      if (type === 0x51 /* Q */ || type === 0x50 /* P */ || type === 0x46 /* F */ || type === 0x58 /* X */) {
+        if (offset > from) this.outbox.push(chunk.subarray(from, offset));
+        from = end;
+        let pending: Promise<void> | void;
+        try {
+          pending = this.query({ type: String.fromCharCode(type), raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) });
+        } catch (err) {
+          this.fatal('08P01', (err as Error).message);
+          return;
+        }
+        if (this.phase === 'closed') return;
+        if (pending) {
+          this.pause(pending);
+          if (end < chunk.length) this.onClientData(chunk.subarray(end));
+          return;
+        }
+      }
+      offset = end;
+    }
+    if (offset > from) this.outbox.push(chunk.subarray(from, offset));
+    if (offset < chunk.length) this.reader.push(chunk.subarray(offset));
+    this.flushUpstream();
   }
 
   /** The outbox is exactly the client's bytes, in order: write the received chunk rather than a copy. */
@@ -106,22 +158,27 @@ export class Session {
         return;
       }
       if (pending) {
-        this.busy = true;
-        pending.catch((err: Error) => this.fatal('XX000', err.message)).finally(() => {
-          this.busy = false;
-          this.drain();
-        });
-        this.flushUpstream();
+        this.pause(pending);
         return;
       }
     }
     this.flushUpstream();
   }
 
+  /** Holds later client messages in the queue until `pending` settles. */
+  private pause(pending: Promise<void>): void {
+    this.busy = true;
+    pending.catch((err: Error) => this.fatal('XX000', err.message)).finally(() => {
+      this.busy = false;
+      this.drain();
+    });
+    this.flushUpstream();
+  }
+
   private flushUpstream(): void {
     if (this.outbox.length === 0 || !this.upstream) return;
     this.upstream.write(this.outbox.length === 1 ? this.outbox[0]! : Session.joined(this.outbox));
-    this.outbox = [];
+    this.outbox.length = 0;
   }
 
   private handle(m: Message): Promise<void> | void {
@@ -224,15 +281,17 @@ export class Session {
     switch (m.type) {
       case 'Q': {
         const sql = m.body.toString('utf8', 0, m.body.length - 1);
-        return this.withRewrite(sql, (sent) => this.outbox.push(sent === sql ? m.raw : queryMessage(sent)), () => {
-          this.outbox.push(queryMessage(this.refusalMarker()));
-        });
+        const outcome = this.check(sql, m.body.length - 1);
+        if (outcome instanceof Promise) return outcome.then((o) => this.forward(m, undefined, sql, o));
+        this.forward(m, undefined, sql, outcome);
+        return;
       }
       case 'P': {
         const parse = readParse(m.body);
-        return this.withRewrite(parse.sql, (sent) => this.outbox.push(sent === parse.sql ? m.raw : parseMessage(parse.name, sent, parse.paramTypes)), () => {
-          this.outbox.push(parseMessage(parse.name, this.refusalMarker(), []));
-        });
+        const outcome = this.check(parse.sql, Buffer.byteLength(parse.sql));
+        if (outcome instanceof Promise) return outcome.then((o) => this.forward(m, parse, parse.sql, o));
+        this.forward(m, parse, parse.sql, outcome);
+        return;
       }
       case 'F':
         if (this.resolution?.value.masked !== false) {
@@ -265,34 +324,30 @@ export class Session {
   }
 
   /**
-   * Resolves policies, rewrites, emits the policy.resolution event and forwards (`send`) or refuses (`deny`).
-   * Synchronous when the policies and the statement are cached, which is the hot path.
+   * Emits the policy.resolution event, then forwards the Query or Parse (its own bytes when the text is unchanged)
+   * or its refusal.
    */
-  private withRewrite(sql: string, send: (sql: string) => void, deny: () => void): Promise<void> | void {
-    const finish = (outcome: Outcome): void => {
-      const who = this.principal!;
-      if (outcome.ok) {
-        const r = outcome.result;
-        const request = r.metadata ? { metadata: r.metadata } : { query: sql };
-        // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
-        const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
-        this.ctx.emit(this.ctx.events.policyResolved(who, this.correlationId, { request, tables, policies: this.ctx.policies.known() }),
-          r.exportsRows && !r.metadata ? ['dataExport'] : []);
-        send(r.sql);
-        return;
-      }
-      if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
-      else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, this.correlationId, { query: sql }, outcome.message), []);
-      this.pendingRefusal(outcome.message, outcome.sqlstate);
-      deny();
-    };
-    const out = this.rewrite(sql);
-    if (out instanceof Promise) return out.then(finish);
-    finish(out);
+  private forward(m: Message, parse: Parse | undefined, sql: string, outcome: Outcome): void {
+    const who = this.principal!;
+    if (outcome.ok) {
+      const r = outcome.result;
+      // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
+      const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
+      this.ctx.policyResolved(who, this.correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
+        r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
+      if (outcome.sql === sql) this.outbox.push(m.raw);
+      else this.outbox.push(parse ? parseMessage(parse.name, outcome.sql, parse.paramTypes) : queryMessage(outcome.sql));
+      return;
+    }
+    if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
+    else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, this.correlationId, { query: sql }, outcome.message), []);
+    this.pendingRefusal(outcome.message, outcome.sqlstate);
+    this.outbox.push(parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker()));
   }
 
-  private rewrite(sql: string): Outcome | Promise<Outcome> {
-    if (Buffer.byteLength(sql) > this.ctx.config.limits.maxQueryBytes) {
+  /** Policies, then the (cached) rewrite; synchronous when both are cached, which is the hot path. */
+  private check(sql: string, bytes: number): Outcome | Promise<Outcome> {
+    if (bytes > this.ctx.config.limits.maxQueryBytes) {
       return { ok: false, message: `query longer than ${this.ctx.config.limits.maxQueryBytes} bytes`, event: 'refused' };
     }
     let current;
@@ -301,50 +356,69 @@ export class Session {
     } catch (err) {
       return { ok: false, message: (err as Error).message, event: 'retrieval' };
     }
-    const withPolicies = (c: { policies: PolicyConfig[]; version: number }): Outcome | Promise<Outcome> => {
-      if (this.resolution?.version !== c.version) this.resolution = { version: c.version, value: this.ctx.resolve(c.policies, this.principal!) };
-      return this.rewriteWith(sql, this.resolution.value, c.version, true);
-    };
     if (current instanceof Promise) {
-      return current.then(withPolicies, (err: Error) => ({ ok: false as const, message: err.message, event: 'retrieval' as const }));
+      return current.then((c) => this.checkWith(sql, c), (err: Error) => ({ ok: false as const, message: err.message, event: 'retrieval' as const }));
     }
-    return withPolicies(current);
+    return this.checkWith(sql, current);
+  }
+
+  private checkWith(sql: string, c: { policies: PolicyConfig[]; version: number }): Outcome | Promise<Outcome> {
+    if (this.resolution?.version !== c.version) this.resolution = { version: c.version, value: this.ctx.resolve(c.policies, this.principal!) };
+    return this.rewriteWith(sql, this.resolution.value, c.version, true);
   }
 
   /** Simple-protocol statements differing only in literals share one cached rewrite (see literals.ts). */
   private rewriteWith(sql: string, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
     const template = templateOf(sql);
     if (!template) return this.cachedRewrite(sql, resolution, version, mayRefresh);
-    const fill = (o: Outcome): Outcome | Promise<Outcome> => {
-      if (!o.ok) return o.sqlstate === '42601' ? this.cachedRewrite(sql, resolution, version, mayRefresh) : o;
-      if (!o.result.changed) return { ok: true, result: { ...o.result, sql } };
-      const filled = fillTemplate(o.result.sql, template.literals);
-      return filled === undefined ? this.cachedRewrite(sql, resolution, version, mayRefresh) : { ok: true, result: { ...o.result, sql: filled } };
-    };
     const outcome = this.cachedRewrite(template.text, resolution, version, mayRefresh);
-    return outcome instanceof Promise ? outcome.then(fill) : fill(outcome);
+    if (outcome instanceof Promise) return outcome.then((o) => this.filled(sql, template, o, resolution, version, mayRefresh));
+    return this.filled(sql, template, outcome, resolution, version, mayRefresh);
   }
 
+  /** The template's outcome for this statement: its literals put back, or the full path when that is not possible. */
+  private filled(sql: string, template: Template, o: Outcome, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
+    if (!o.ok) return o.sqlstate === '42601' ? this.cachedRewrite(sql, resolution, version, mayRefresh) : o;
+    if (!o.result.changed) return { ok: true, result: o.result, sql };
+    const text = fillTemplate(o.result.sql, template.literals);
+    return text === undefined ? this.cachedRewrite(sql, resolution, version, mayRefresh) : { ok: true, result: o.result, sql: text };
+  }
+
+  private statements = new Map<string, Outcome>();
+  private statementsVersion = -1;
+  private statementsGeneration = -1;
+
   private cachedRewrite(sql: string, resolution: Resolution, version: number, mayRefresh: boolean): Outcome | Promise<Outcome> {
-    const key = `${this.principal!.name}\0${version}\0${this.ctx.catalog.generation}\0${sql}`;
-    const cached = this.ctx.cache.get(key) as Outcome | undefined;
-    if (cached) return cached;
-    let outcome: Outcome;
-    try {
-      outcome = { ok: true, result: rewriteQuery(sql, this.ctx.rewriteContext(resolution, this.principal!, version)) };
-    } catch (err) {
-      if (err instanceof UnknownRelationError && mayRefresh) {
-        return this.ctx.catalog.refresh().then(() => this.cachedRewrite(sql, resolution, version, false));
-      }
-      if (err instanceof DataProxyError && err.code === 'SYNTAX') {
-        // Unmasked: the database reports its own syntax error. Masked: what the proxy cannot parse it cannot check.
-        if (!resolution.masked) return { ok: true, result: { sql, changed: false, tables: [], exportsRows: false, statementCount: 0 } };
-        return { ok: false, message: `syntax error: ${err.message}`, event: 'refused', sqlstate: '42601' };
-      }
-      if (!(err instanceof DataProxyError)) log.error({ err }, 'rewrite failed');
-      outcome = { ok: false, message: err instanceof DataProxyError ? err.message : 'the statement could not be checked', event: 'refused' };
+    const generation = this.ctx.catalog.generation;
+    if (this.statementsVersion !== version || this.statementsGeneration !== generation || this.statements.size >= SESSION_STATEMENTS) {
+      this.statements.clear();
+      this.statementsVersion = version;
+      this.statementsGeneration = generation;
     }
-    this.ctx.cache.set(key, outcome);
+    const known = this.statements.get(sql);
+    if (known) return known;
+    const key = `${this.principal!.name}\0${version}\0${generation}\0${sql}`;
+    let outcome = this.ctx.cache.get(key) as Outcome | undefined;
+    if (!outcome) {
+      try {
+        const result = rewriteQuery(sql, this.ctx.rewriteContext(resolution, this.principal!, version));
+        outcome = { ok: true, result, sql: result.sql };
+      } catch (err) {
+        if (err instanceof UnknownRelationError && mayRefresh) {
+          return this.ctx.catalog.refresh().then(() => this.cachedRewrite(sql, resolution, version, false));
+        }
+        if (err instanceof DataProxyError && err.code === 'SYNTAX') {
+          // Unmasked: the database reports its own syntax error. Masked: what the proxy cannot parse it cannot check.
+          if (!resolution.masked) outcome = { ok: true, result: { sql, changed: false, tables: [], exportsRows: false, statementCount: 0 }, sql };
+          else outcome = { ok: false, message: `syntax error: ${err.message}`, event: 'refused', sqlstate: '42601' };
+        } else {
+          if (!(err instanceof DataProxyError)) log.error({ err }, 'rewrite failed');
+          outcome = { ok: false, message: err instanceof DataProxyError ? err.message : 'the statement could not be checked', event: 'refused' };
+        }
+      }
+      this.ctx.cache.set(key, outcome);
+    }
+    this.statements.set(sql, outcome);
     return outcome;
   }
 

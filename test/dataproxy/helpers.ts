@@ -1,6 +1,10 @@
 /** Shared by the data proxy tests: a throw-away database on the real PostgreSQL, a proxy in front of it, real clients. */
 import { execFile } from 'node:child_process';
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type { DataProxyAuditEvent, LogEntryInput } from '../../src/model/index.ts';
@@ -66,11 +70,17 @@ export interface TestProxy {
   stop(): Promise<void>;
 }
 
+/**
+ * Events go both to the store (`sink`) and to an NDJSON file; `events()` checks that the file holds the same
+ * events, byte for byte as `JSON.stringify` writes them (the file's lines are serialised from templates).
+ */
 export async function startTestProxy(upstream: string, config: Record<string, unknown>): Promise<TestProxy> {
   const cfg = await buildConfig({ ...BASE_CONFIG, ...config }, 'test config');
   const sink = new MemorySink();
   const batching = new BatchingSink(sink, { flushMs: 10 });
-  const proxy = await startDataProxy({ config: cfg, listen: '127.0.0.1:0', upstream, sink: batching, project: 'test' });
+  const dir = mkdtempSync(join(tmpdir(), 'dp-test-'));
+  const logFile = join(dir, 'events.ndjson');
+  const proxy = await startDataProxy({ config: cfg, listen: '127.0.0.1:0', upstream, sink: batching, logFile, project: 'test' });
   return {
     proxy,
     sink,
@@ -79,11 +89,16 @@ export async function startTestProxy(upstream: string, config: Record<string, un
       `postgresql://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${proxy.port}/acmedb?sslmode=disable`,
     async events() {
       await batching.flush();
+      const expected = sink.entries.map((e) => JSON.stringify(e.jsonPayload) + '\n').join('');
+      // The file is written every 50 ms.
+      for (let i = 0; i < 100 && readFileSync(logFile).length < Buffer.byteLength(expected); i++) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(readFileSync(logFile, 'utf8'), expected, 'the NDJSON file holds the events the store got');
       return sink.entries.map((e) => e.jsonPayload as unknown as DataProxyAuditEvent);
     },
     async stop() {
       await proxy.stop();
       await batching.close();
+      rmSync(dir, { recursive: true, force: true });
     },
   };
 }

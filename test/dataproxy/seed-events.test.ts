@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { DataProxyAuditEvent } from '../../src/model/index.ts';
-import { createDatabase, psql, psqlError, startTestProxy } from './helpers.ts';
+import { createDatabase, psql, psqlError, query, startTestProxy } from './helpers.ts';
 
 const seed = (name: string): DataProxyAuditEvent => JSON.parse(readFileSync(new URL(`../fixtures/seeds/data-proxy-${name}.json`, import.meta.url), 'utf8'));
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -161,6 +161,30 @@ describe('seed 003 example events', () => {
       const failure = (await p.events()).find((e) => e.header.event.action === 'policy.resolution')!;
       assert.equal(failure.header.status.outcome, 'FAILURE');
       assert.match((failure.header.status.reason as { message: string }).message, /^Failed to retrieve policies\. .*ECONNREFUSED/);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('the NDJSON file gets the same events as the store: verbose with context, quotes and non-ASCII in the query, extended protocol', async () => {
+    const p = await startTestProxy(db.url, {
+      audit: { verbose: true, includeContext: true },
+      policies: policy([rule('r-1', 'firstname', regex), rule('r-2', 'lastname', { retain: {} })]),
+    });
+    try {
+      await psql(p.conn(), `select firstname, 'é "\\ \u2028' as odd from library.authors where id = 1`);
+      await psql(p.conn(), 'select * from library.authors where id = 2');
+      await query(p.conn(), 'select lastname from library.authors where id = $1', [1]);
+      await query(p.conn(), 'select count(*) from pg_class');
+      await psqlError(p.conn(), 'delete from library.authors');
+      const events = await p.events();
+      assert.deepEqual(events.map((e) => e.attachments[0]?.request?.query ?? e.attachments[0]?.request?.metadata ?? e.header.event.action), [
+        'user.authentication', `select firstname, 'é "\\ \u2028' as odd from library.authors where id = 1`,
+        'user.authentication', 'select * from library.authors where id = 2',
+        'user.authentication', 'select lastname from library.authors where id = $1',
+        'user.authentication', 'get tables',
+        'user.authentication', 'delete from library.authors',
+      ]);
     } finally {
       await p.stop();
     }
