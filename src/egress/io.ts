@@ -174,8 +174,8 @@ export class DialError extends Error {
   }
 }
 
-/** Later errors surface as 'close' to whoever relays; an unheard 'error' event would end the process. */
-function ignore(): void {}
+/** For sockets whose errors surface as 'close' to whoever relays: an unheard 'error' event would end the process. */
+export function ignore(): void {}
 
 /**
  * Opens a TCP connection to an IP literal (never a name: the caller resolved and checked it) and calls `done` once,

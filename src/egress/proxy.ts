@@ -5,7 +5,7 @@ import { componentLogger, splitHostPort } from '../telemetry/index.ts';
 import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
 import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
 import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
-import { dial, DialError, formatHostPort, HandshakeEnded, HandshakeReader, watchDeadline } from './io.ts';
+import { dial, dialThen, DialError, formatHostPort, HandshakeEnded, HandshakeReader, ignore, watchDeadline } from './io.ts';
 import { countRecord, egressMetrics } from './metrics.ts';
 import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies, type Decision } from './policy.ts';
 import { createResolver, ResolveError, type Resolver } from './resolver.ts';
@@ -56,6 +56,13 @@ interface Upstream {
   /** Bytes the agent sent after its CONNECT answer, owed to the client. */
   early: Buffer;
 }
+
+/** An upstream ready to relay, and whether the client was already told the tunnel is up. */
+type Connected = Upstream & { replied: boolean };
+
+const NO_BYTES = { read: 0, written: 0 };
+const EMPTY = Buffer.alloc(0);
+const CONNECT_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n');
 
 /** How a failure is told to the client: HTTP status, SOCKS5 reply code. */
 const FAILURE_REPLIES: Record<FailureReason, [status: string, socks: number]> = {
@@ -197,8 +204,12 @@ export class EgressProxy {
     for (const w of wanted) {
       if (this.listeners.has(w.key)) continue;
       const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => {
-        const handled = w.kind === 'http' ? this.handleHttp(socket, w.sourceId) : this.handleSocks(socket, w.sourceId);
-        handled.catch((err: Error) => this.abandon(socket, err));
+        try {
+          if (w.kind === 'http') this.handleHttp(socket, w.sourceId);
+          else this.handleSocks(socket, w.sourceId).catch((err: Error) => this.abandon(socket, err));
+        } catch (err) {
+          this.abandon(socket, err as Error);
+        }
       });
       const { host, port } = splitHostPort(w.address);
       await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, host, () => resolve()));
@@ -292,20 +303,25 @@ export class EgressProxy {
     return attempt.failure!.reason;
   }
 
-  private async handleHttp(client: Socket, dedicatedSource: string | undefined): Promise<void> {
+  private handleHttp(client: Socket, dedicatedSource: string | undefined): void {
     const attempt = this.begin(client, 'connect');
     const reader = new HandshakeReader(client, Date.now() + this.config.timeouts.handshakeMs);
-    const refuse = (reason: FailureReason, extra: Record<string, string> = {}): void => {
-      const [status] = FAILURE_REPLIES[reason];
-      const body = `${attempt.failure?.detail ?? attempt.closeDetail ?? reason}\n`;
-      const headers = { 'Content-Type': 'text/plain', 'Content-Length': String(Buffer.byteLength(body)), Connection: 'close', [AGENT_FAILURE_HEADER]: reason, ...extra };
-      closeRefused(client, attempt, `HTTP/1.1 ${status}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n${body}`);
-    };
+    reader.next(this.parseHead, (err, head) => {
+      // Called from a socket event: a handler bug must cost this connection, not the process.
+      try {
+        if (err) this.refuseHttp(client, attempt, this.handshakeFailure(attempt, err));
+        else this.onHttpHead(client, attempt, reader, head!, dedicatedSource);
+      } catch (bug) {
+        this.abandon(client, bug as Error);
+      }
+    });
+  }
 
-    let head: RequestHead;
+  private readonly parseHead = (buffer: Buffer): RequestHead | undefined => parseRequestHead(buffer, this.config.limits.maxHeaderBytes);
+
+  private onHttpHead(client: Socket, attempt: Attempt, reader: HandshakeReader, head: RequestHead, dedicatedSource: string | undefined): void {
     let target: { host: string; port: number; path?: string };
     try {
-      head = await reader.read((b) => parseRequestHead(b, this.config.limits.maxHeaderBytes));
       if (head.method === 'CONNECT') {
         target = parseAuthority(head.target);
       } else {
@@ -314,7 +330,7 @@ export class EgressProxy {
         target = parseAbsoluteTarget(head.target);
       }
     } catch (err) {
-      refuse(this.handshakeFailure(attempt, err));
+      this.refuseHttp(client, attempt, this.handshakeFailure(attempt, err));
       return;
     }
     attempt.host = target.host;
@@ -325,26 +341,44 @@ export class EgressProxy {
       : this.sourceByAuthorization(headerValue(head, 'Proxy-Authorization'));
     if (!source) {
       attempt.fail('unauthenticated', dedicatedSource ? `source ${dedicatedSource} is no longer configured` : 'missing or wrong Proxy-Authorization (Basic)');
-      refuse('unauthenticated', { 'Proxy-Authenticate': 'Basic realm="custos egress"' });
+      this.refuseHttp(client, attempt, 'unauthenticated', 'Proxy-Authenticate: Basic realm="custos egress"\r\n');
       return;
     }
     if (!this.admit(attempt, source)) {
-      refuse('connection_limit');
+      this.refuseHttp(client, attempt, 'connection_limit');
       return;
     }
 
     const isConnect = head.method === 'CONNECT';
-    const upstream = await this.connectOut(attempt, client, reader, source, target.host, target.port, async () => {
-      if (isConnect) client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+    const replyEarly = async (): Promise<boolean> => {
+      if (isConnect) client.write(CONNECT_ESTABLISHED);
       return isConnect;
+    };
+    this.connectOut(attempt, client, reader, source, target.host, target.port, replyEarly, (upstream) => {
+      try {
+        if (!upstream) {
+          this.refuseHttp(client, attempt, attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error');
+          return;
+        }
+        if (isConnect && !upstream.replied) client.write(CONNECT_ESTABLISHED);
+        if (!isConnect) upstream.socket.write(originFormHead(head, target.path!));
+        this.tunnel(attempt, client, reader, upstream);
+      } catch (bug) {
+        upstream?.socket.destroy();
+        this.abandon(client, bug as Error);
+      }
     });
-    if (!upstream) {
-      refuse(attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error');
-      return;
-    }
-    if (isConnect && !upstream.replied) client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-    if (!isConnect) upstream.socket.write(originFormHead(head, target.path!));
-    this.tunnel(attempt, client, reader, upstream);
+  }
+
+  /** Ends a refused HTTP attempt with a status whose body says why (and the reason code, for agents upstream). */
+  private refuseHttp(client: Socket, attempt: Attempt, reason: FailureReason, extraHeaders = ''): void {
+    const [status] = FAILURE_REPLIES[reason];
+    const body = `${attempt.failure?.detail ?? attempt.closeDetail ?? reason}\n`;
+    closeRefused(
+      client,
+      attempt,
+      `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${AGENT_FAILURE_HEADER}: ${reason}\r\n${extraHeaders}\r\n${body}`,
+    );
   }
 
   private async handleSocks(client: Socket, dedicatedSource: string | undefined): Promise<void> {
@@ -393,10 +427,11 @@ export class EgressProxy {
       refuse(socksReply(SOCKS.reply.commandNotSupported));
       return;
     }
-    const upstream = await this.connectOut(attempt, client, reader, source, request.host, request.port, async () => {
+    const replyEarly = async (): Promise<boolean> => {
       client.write(socksReply(SOCKS.reply.succeeded));
       return true;
-    });
+    };
+    const upstream = await new Promise<Connected | undefined>((done) => this.connectOut(attempt, client, reader, source, request.host, request.port, replyEarly, done));
     if (!upstream) {
       refuse(socksReply(FAILURE_REPLIES[attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error'][1]));
       return;
@@ -415,11 +450,12 @@ export class EgressProxy {
   }
 
   /**
-   * Decision, resolution and dial. `replyEarly` tells the client the tunnel is up before dialling; it is used only
-   * for `require_sni` policies, whose ClientHello arrives after that reply and must be checked before any byte
-   * leaves. Returns undefined with `attempt.failure` set when traffic did not leave.
+   * Decision, resolution and dial; `done` gets the upstream, or undefined with `attempt.failure` set when traffic did
+   * not leave. `replyEarly` tells the client the tunnel is up before dialling; it is used only for `require_sni`
+   * policies, whose ClientHello arrives after that reply and must be checked before any byte leaves. The common case
+   * (a cached decision, a direct policy) runs without a promise.
    */
-  private async connectOut(
+  private connectOut(
     attempt: Attempt,
     client: Socket,
     reader: HandshakeReader,
@@ -427,56 +463,104 @@ export class EgressProxy {
     host: string,
     port: number,
     replyEarly: () => Promise<boolean>,
-  ): Promise<(Upstream & { replied: boolean }) | undefined> {
+    done: (upstream: Connected | undefined) => void,
+  ): void {
     if (this.draining) {
       attempt.fail('draining', 'the proxy is shutting down');
-      return undefined;
+      done(undefined);
+      return;
     }
-    const decision = this.decisions.get(`${source.id} ${host} ${port}`) ?? (await this.decide(attempt, source, host, port));
-    if (!decision) return undefined;
+    const cached = this.decisions.get(`${source.id} ${host} ${port}`);
+    if (cached) {
+      this.afterDecision(attempt, client, reader, host, port, cached, replyEarly, done);
+      return;
+    }
+    this.decide(attempt, source, host, port).then(
+      (decision) => (decision ? this.afterDecision(attempt, client, reader, host, port, decision, replyEarly, done) : done(undefined)),
+      (err: Error) => this.abandon(client, err),
+    );
+  }
+
+  private afterDecision(
+    attempt: Attempt,
+    client: Socket,
+    reader: HandshakeReader,
+    host: string,
+    port: number,
+    decision: Decision,
+    replyEarly: () => Promise<boolean>,
+    done: (upstream: Connected | undefined) => void,
+  ): void {
     if (!decision.allowed) {
       if (decision.policy) this.notePolicy(attempt, decision.policy);
       attempt.fail(decision.reason, decision.detail);
-      return undefined;
+      done(undefined);
+      return;
     }
     const policy = decision.policy;
     this.notePolicy(attempt, policy);
     attempt.address = decision.addresses[0];
-
-    let replied = false;
-    if (policy.requireSni) {
-      replied = await replyEarly();
-      if (!replied) {
-        attempt.fail('sni_missing', `policy ${policy.id} requires TLS with SNI; a plain HTTP request has none`);
-        return undefined;
-      }
-      try {
-        const hello = await reader.peek(parseClientHelloSni);
-        if (hello.kind !== 'sni') {
-          attempt.fail('sni_missing', hello.kind === 'not_tls' ? 'the tunnel did not start with a TLS ClientHello' : 'the ClientHello has no server_name');
-          return undefined;
-        }
-        if (!sniAllowed(policy, host, port, hello.serverName)) {
-          attempt.fail('sni_mismatch', `TLS server name ${hello.serverName} does not match ${host} (policy ${policy.id})`);
-          return undefined;
-        }
-      } catch (err) {
-        this.handshakeFailure(attempt, err);
-        return undefined;
-      }
+    if (!policy.requireSni) {
+      this.dialOut(attempt, client, policy, decision.addresses, port, false, done);
+      return;
     }
+    this.checkSni(attempt, reader, policy, host, port, replyEarly).then(
+      (replied) => (replied ? this.dialOut(attempt, client, policy, decision.addresses, port, true, done) : done(undefined)),
+      (err: Error) => this.abandon(client, err),
+    );
+  }
+
+  /** The domain-fronting guard: resolves true once the client was told the tunnel is up and its SNI passed. */
+  private async checkSni(attempt: Attempt, reader: HandshakeReader, policy: EgressPolicy, host: string, port: number, replyEarly: () => Promise<boolean>): Promise<boolean> {
+    if (!(await replyEarly())) {
+      attempt.fail('sni_missing', `policy ${policy.id} requires TLS with SNI; a plain HTTP request has none`);
+      return false;
+    }
+    try {
+      const hello = await reader.peek(parseClientHelloSni);
+      if (hello.kind !== 'sni') {
+        attempt.fail('sni_missing', hello.kind === 'not_tls' ? 'the tunnel did not start with a TLS ClientHello' : 'the ClientHello has no server_name');
+        return false;
+      }
+      if (!sniAllowed(policy, host, port, hello.serverName)) {
+        attempt.fail('sni_mismatch', `TLS server name ${hello.serverName} does not match ${host} (policy ${policy.id})`);
+        return false;
+      }
+    } catch (err) {
+      this.handshakeFailure(attempt, err);
+      return false;
+    }
+    return true;
+  }
+
+  private dialOut(
+    attempt: Attempt,
+    client: Socket,
+    policy: EgressPolicy,
+    addresses: string[],
+    port: number,
+    replied: boolean,
+    done: (upstream: Connected | undefined) => void,
+  ): void {
     if (client.destroyed || client.readableEnded) {
       attempt.fail('downstream_disconnect', 'the client closed before the destination was dialled');
-      return undefined;
+      done(undefined);
+      return;
     }
-    const upstream = policy.type === 'agent-proxy' ? await this.handToAgent(attempt, policy, decision.addresses[0]!, port) : await this.dialDirect(attempt, decision.addresses, port);
-    if (!upstream) return undefined;
-    if (client.destroyed) {
-      attempt.closeReason = 'client_reset';
-      upstream.socket.destroy();
-      return undefined;
+    const connected = (upstream: Upstream | undefined): void => {
+      if (!upstream) return done(undefined);
+      if (client.destroyed) {
+        attempt.closeReason = 'client_reset';
+        upstream.socket.destroy();
+        return done(undefined);
+      }
+      done({ socket: upstream.socket, base: upstream.base, early: upstream.early, replied });
+    };
+    if (policy.type === 'agent-proxy') {
+      this.handToAgent(attempt, policy, addresses[0]!, port).then(connected, (err: Error) => this.abandon(client, err));
+    } else {
+      this.dialDirect(attempt, addresses, port, 0, undefined, connected);
     }
-    return { ...upstream, replied };
   }
 
   /**
@@ -515,20 +599,22 @@ export class EgressProxy {
   }
 
   /** Tries each checked address in order; the first to accept the TCP connection carries the tunnel. */
-  private async dialDirect(attempt: Attempt, addresses: string[], port: number): Promise<Upstream | undefined> {
-    let last: DialError | undefined;
-    for (const address of addresses) {
-      try {
-        const socket = await dial(address, port, this.config.timeouts.connectMs);
-        attempt.address = address;
-        attempt.egressed = true;
-        return { socket, base: { read: 0, written: 0 }, early: Buffer.alloc(0) };
-      } catch (err) {
-        last = err instanceof DialError ? err : new DialError('connect_error', (err as Error).message);
-      }
+  private dialDirect(attempt: Attempt, addresses: string[], port: number, index: number, last: DialError | undefined, done: (upstream: Upstream | undefined) => void): void {
+    if (index >= addresses.length) {
+      attempt.fail(last!.reason, last!.message);
+      done(undefined);
+      return;
     }
-    attempt.fail(last!.reason, last!.message);
-    return undefined;
+    const address = addresses[index]!;
+    dialThen(address, port, this.config.timeouts.connectMs, (err, socket) => {
+      if (err) {
+        this.dialDirect(attempt, addresses, port, index + 1, err, done);
+        return;
+      }
+      attempt.address = address;
+      attempt.egressed = true;
+      done({ socket: socket!, base: NO_BYTES, early: EMPTY });
+    });
   }
 
   /**
@@ -600,8 +686,6 @@ function closeRefused(client: Socket, attempt: Attempt, reply?: string | Buffer)
 
 /** Bound of the credential and decision caches (cleared when full: keys come from clients). */
 const CACHE_LIMIT = 4096;
-
-function ignore(): void {}
 
 function isFailureReason(value: string | undefined): value is FailureReason {
   return value !== undefined && value in FAILURE_REPLIES;
