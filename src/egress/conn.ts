@@ -132,15 +132,19 @@ export function relay(
   new Tunnel(client, upstream, attempt, options.idleMs, options.upstreamBase, done).start();
 }
 
+const kTunnel = Symbol('custos.tunnel');
+type TunnelSocket = Socket & { [kTunnel]: Tunnel };
+
+/** Both sockets point at their tunnel; the handlers below are shared by every tunnel (see io.ts on why). */
 class Tunnel implements Deadline {
   at: number;
-  private lastActive = coarseNow();
+  lastActive = coarseNow();
   private open = 2;
 
   constructor(
-    private readonly client: Socket,
-    private readonly upstream: Socket,
-    private readonly attempt: Attempt,
+    readonly client: Socket,
+    readonly upstream: Socket,
+    readonly attempt: Attempt,
     private readonly idleMs: number,
     private readonly base: { read: number; written: number },
     private readonly done: () => void,
@@ -149,12 +153,19 @@ class Tunnel implements Deadline {
   }
 
   start(): void {
-    const { client, upstream } = this;
-    client.on('data', this.fromClient).on('end', this.clientEnded).on('close', this.settle).on('error', this.clientError);
-    upstream.on('data', this.fromUpstream).on('end', this.upstreamEnded).on('close', this.settle).on('error', this.upstreamError);
+    const client = this.client as TunnelSocket;
+    const upstream = this.upstream as TunnelSocket;
+    client[kTunnel] = this;
+    upstream[kTunnel] = this;
+    client.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
+    upstream.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
     watchDeadline(this);
     client.resume();
     upstream.resume();
+  }
+
+  peer(socket: Socket): Socket {
+    return socket === this.client ? this.upstream : this.client;
   }
 
   expire(now: number): void {
@@ -168,43 +179,42 @@ class Tunnel implements Deadline {
     this.upstream.destroy();
   }
 
-  private readonly fromClient = (chunk: Buffer): void => {
-    this.lastActive = coarseNow();
-    if (!this.upstream.write(chunk)) {
-      this.client.pause();
-      this.upstream.once('drain', this.resumeClient);
-    }
-  };
-
-  private readonly fromUpstream = (chunk: Buffer): void => {
-    this.lastActive = coarseNow();
-    if (!this.client.write(chunk)) {
-      this.upstream.pause();
-      this.client.once('drain', this.resumeUpstream);
-    }
-  };
-
-  private readonly resumeClient = (): void => void this.client.resume();
-  private readonly resumeUpstream = (): void => void this.upstream.resume();
-  private readonly clientEnded = (): void => void this.upstream.end();
-  private readonly upstreamEnded = (): void => void this.client.end();
-
-  private readonly clientError = (): void => {
-    this.attempt.closeReason ??= 'client_reset';
-    this.upstream.destroy();
-  };
-
-  private readonly upstreamError = (): void => {
-    this.attempt.closeReason ??= 'destination_reset';
-    this.client.destroy();
-  };
-
-  private readonly settle = (): void => {
+  settle(): void {
     if (--this.open > 0) return;
     clearDeadline(this);
     this.attempt.requestSize = this.upstream.bytesWritten - this.base.written;
     this.attempt.responseSize = this.upstream.bytesRead - this.base.read;
     this.attempt.closeReason ??= 'completed';
     this.done();
-  };
+  }
+}
+
+/** One direction: write to the other socket; a full destination pauses this one until it drains. */
+function relayData(this: TunnelSocket, chunk: Buffer): void {
+  const tunnel = this[kTunnel];
+  tunnel.lastActive = coarseNow();
+  const to = tunnel.peer(this);
+  if (!to.write(chunk)) {
+    this.pause();
+    to.once('drain', resumePeer);
+  }
+}
+
+function resumePeer(this: TunnelSocket): void {
+  this[kTunnel].peer(this).resume();
+}
+
+/** A FIN is carried across as a FIN: the other direction keeps flowing. */
+function relayEnd(this: TunnelSocket): void {
+  this[kTunnel].peer(this).end();
+}
+
+function relayError(this: TunnelSocket): void {
+  const tunnel = this[kTunnel];
+  tunnel.attempt.closeReason ??= this === tunnel.client ? 'client_reset' : 'destination_reset';
+  tunnel.peer(this).destroy();
+}
+
+function relayClose(this: TunnelSocket): void {
+  this[kTunnel].settle();
 }
