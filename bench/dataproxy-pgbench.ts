@@ -8,9 +8,9 @@
  * Needs PostgreSQL on 127.0.0.1:5432 (trust) and `apt-get install -y pgbouncer`. Prints a markdown table.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
@@ -61,13 +61,30 @@ async function waitForPort(port: number, proc: ChildProcess): Promise<void> {
   throw new Error(`nothing listens on ${port}`);
 }
 
-async function pgbenchTps(conn: string, mode: string, env: Record<string, string> = {}): Promise<number> {
+/** CPU time (user + system, all threads) a process has used so far, in µs, from /proc/PID/stat. */
+function cpuMicros(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  // utime and stime are fields 14 and 15 of stat(5); after the command name they are the 12th and 13th.
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number((await run('getconf', ['CLK_TCK'])).stdout.trim());
+
+interface Cell {
+  tps: number;
+  /** CPU of the proxy process (pgbouncer or Custos) per transaction, µs. */
+  proxyCpu?: number;
+}
+
+async function pgbench(conn: string, mode: string, proxyPid: number | undefined): Promise<Cell> {
+  const before = proxyPid ? cpuMicros(proxyPid) : 0;
   const { stdout } = await run('pgbench', ['-n', '-S', '-M', mode, '-c', String(CLIENTS), '-j', '2', '-T', String(SECONDS), conn], {
-    env: { ...process.env, ...env }, timeout: (SECONDS + 60) * 1000,
+    timeout: (SECONDS + 60) * 1000,
   });
+  const used = proxyPid ? cpuMicros(proxyPid) - before : 0;
   const m = /tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)/.exec(stdout);
-  if (!m) throw new Error(`no tps in pgbench output:\n${stdout}`);
-  return Number(m[1]);
+  const n = /number of transactions actually processed: (\d+)/.exec(stdout);
+  if (!m || !n) throw new Error(`no tps in pgbench output:\n${stdout}`);
+  return { tps: Number(m[1]), ...(proxyPid ? { proxyCpu: used / Number(n[1]) } : {}) };
 }
 
 function proxyConfig(policies: unknown[]): string {
@@ -121,7 +138,7 @@ async function main(): Promise<void> {
     children.push(bouncer);
     await waitForPort(bouncerPort, bouncer);
 
-    const proxies: Record<string, string> = {};
+    const proxies: Record<string, { conn: string; pid: number }> = {};
     for (const [name, policies] of [['custos', UNTOUCHED], ['custos-masked', ACCOUNTS(false)], ['custos-masked-filtered', ACCOUNTS(true)]] as const) {
       const port = await freePort();
       writeFileSync(join(dir, `${name}.yaml`), proxyConfig(policies as unknown[]));
@@ -129,35 +146,42 @@ async function main(): Promise<void> {
         '--listen', `127.0.0.1:${port}`, '--log-file', join(dir, `${name}-events.ndjson`)], { stdio: 'ignore', env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' } });
       children.push(child);
       await waitForPort(port, child);
-      proxies[name] = `postgresql://bench:bench@127.0.0.1:${port}/${DB}?sslmode=disable`;
+      proxies[name] = { conn: `postgresql://bench:bench@127.0.0.1:${port}/${DB}?sslmode=disable`, pid: child.pid! };
     }
 
-    const targets: [string, string][] = [
-      ['direct', `${dbUrl}?sslmode=disable`],
-      ['pgbouncer', `postgresql://postgres@127.0.0.1:${bouncerPort}/${DB}?sslmode=disable`],
-      ['Custos, no protected table touched', proxies['custos']!],
-      ['Custos, masking policy on pgbench_accounts', proxies['custos-masked']!],
-      ['Custos, masking + row filter on pgbench_accounts', proxies['custos-masked-filtered']!],
+    const targets: [string, string, number | undefined][] = [
+      ['direct', `${dbUrl}?sslmode=disable`, undefined],
+      ['pgbouncer', `postgresql://postgres@127.0.0.1:${bouncerPort}/${DB}?sslmode=disable`, bouncer.pid],
+      ['Custos, no protected table touched', proxies['custos']!.conn, proxies['custos']!.pid],
+      ['Custos, masking policy on pgbench_accounts', proxies['custos-masked']!.conn, proxies['custos-masked']!.pid],
+      ['Custos, masking + row filter on pgbench_accounts', proxies['custos-masked-filtered']!.conn, proxies['custos-masked-filtered']!.pid],
     ];
-    const tps: Record<string, Record<string, number>> = {};
+    const cells: Record<string, Record<string, Cell>> = {};
+    const started = new Date().toISOString();
+    const loads: number[] = [];
+    // Cells of one mode run back to back, so a change in the machine's load hits every target of a mode alike.
     for (const mode of MODES) {
-      for (const [name, conn] of targets) {
+      for (const [name, conn, pid] of targets) {
         process.stderr.write(`pgbench -S -M ${mode} ${name} (${SECONDS}s)…\n`);
-        (tps[name] ??= {})[mode] = await pgbenchTps(conn, mode);
+        (cells[name] ??= {})[mode] = await pgbench(conn, mode, pid);
+        loads.push(loadavg()[0]!);
       }
     }
-    const bouncerTps = tps['pgbouncer']!;
-    const plain = tps['Custos, no protected table touched']!;
+    const bouncerCells = cells['pgbouncer']!;
+    const plain = cells['Custos, no protected table touched']!;
     const lines = [
-      `pgbench -S, ${CLIENTS} clients, 2 threads, ${SECONDS} s per cell, scale ${SCALE}; tps (excluding connection set-up)`,
+      `pgbench -S, ${CLIENTS} clients, 2 threads, ${SECONDS} s per cell, scale ${SCALE}; started ${started}, 1-minute load average ` +
+        `after each cell ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; tps excluding connection set-up, and the proxy ` +
+        `process's CPU time (user + system) per transaction`,
       '',
-      '| target | simple | extended | prepared | vs pgbouncer (s/e/p) | vs Custos unmasked (s/e/p) |',
-      '| --- | ---: | ---: | ---: | --- | --- |',
+      '| target | simple | extended | prepared | vs pgbouncer (s/e/p) | vs Custos unmasked (s/e/p) | proxy CPU µs/tx (s/e/p) |',
+      '| --- | ---: | ---: | ---: | --- | --- | --- |',
     ];
     for (const [name] of targets) {
-      const t = tps[name]!;
-      const ratio = (base: Record<string, number>) => MODES.map((m) => `${((100 * t[m]!) / base[m]!).toFixed(0)} %`).join(' / ');
-      lines.push(`| ${name} | ${MODES.map((m) => t[m]!.toFixed(0)).join(' | ')} | ${ratio(bouncerTps)} | ${name.startsWith('Custos') ? ratio(plain) : ''} |`);
+      const t = cells[name]!;
+      const ratio = (base: Record<string, Cell>) => MODES.map((m) => `${((100 * t[m]!.tps) / base[m]!.tps).toFixed(0)} %`).join(' / ');
+      const cpu = t['simple']!.proxyCpu === undefined ? '' : MODES.map((m) => t[m]!.proxyCpu!.toFixed(1)).join(' / ');
+      lines.push(`| ${name} | ${MODES.map((m) => t[m]!.tps.toFixed(0)).join(' | ')} | ${ratio(bouncerCells)} | ${name.startsWith('Custos') ? ratio(plain) : ''} | ${cpu} |`);
     }
     process.stdout.write(lines.join('\n') + '\n');
   } finally {

@@ -422,18 +422,21 @@ export class Session {
     return outcome;
   }
 
-  /** Upstream → client: forwarded as received, except an error answering a refusal marker, which is replaced. */
-  private onUpstreamData(chunk: Buffer): void {
+  /**
+   * Upstream → client: forwarded as received, except an error answering a refusal marker, which is replaced.
+   * True when the client socket still holds (part of) the chunk, whose memory the upstream would otherwise reuse.
+   */
+  private onUpstreamData(chunk: Buffer): boolean {
     if (this.refusals.size === 0 && this.upstreamPending.length === 0) {
       // Fast path: nothing to replace; still find message boundaries so a later refusal starts on one.
       const tail = this.completeMessagesLength(chunk);
       if (tail === chunk.length) {
         this.socket.write(chunk);
-        return;
+        return this.socket.writableLength > 0;
       }
       if (tail > 0) this.socket.write(chunk.subarray(0, tail));
       this.upstreamPending = Buffer.from(chunk.subarray(tail));
-      return;
+      return this.socket.writableLength > 0;
     }
     const data = this.upstreamPending.length ? Buffer.concat([this.upstreamPending, chunk]) : chunk;
     const parts: Buffer[] = [];
@@ -457,6 +460,7 @@ export class Session {
     }
     this.upstreamPending = offset < data.length ? Buffer.from(data.subarray(offset)) : Buffer.alloc(0);
     if (parts.length > 0) this.socket.write(parts.length === 1 ? parts[0]! : Buffer.concat(parts));
+    return this.socket.writableLength > 0;
   }
 
   private completeMessagesLength(data: Buffer): number {

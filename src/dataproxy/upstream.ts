@@ -15,7 +15,11 @@ export interface UpstreamSession {
   /** Backend messages the client must see after authentication (ParameterStatus…), without BackendKeyData. */
   readonly greeting: Buffer[];
   write(data: Buffer): void;
-  onData(handler: (chunk: Buffer) => void): void;
+  /**
+   * Backend bytes as they arrive. The chunk's memory may be reused for the next read: a handler that keeps a
+   * reference to it after returning (a socket write still queued) returns true, and the next read gets fresh memory.
+   */
+  onData(handler: (chunk: Buffer) => boolean): void;
   onClose(handler: (err?: Error) => void): void;
   close(): void;
   cancel(): Promise<void>;
@@ -28,6 +32,8 @@ export interface Upstream {
 }
 
 /** Start-up parameters a client may pass through. `options` is not among them: it could set search_path. */
+const READ_BYTES = 64 * 1024;
+
 export const FORWARDED_PARAMETERS = new Set(['application_name', 'client_encoding', 'DateStyle', 'datestyle', 'TimeZone', 'timezone', 'extra_float_digits', 'IntervalStyle', 'intervalstyle']);
 
 export class PostgresUpstream implements Upstream {
@@ -49,7 +55,21 @@ export class PostgresUpstream implements Upstream {
   }
 
   async open(parameters: Record<string, string>): Promise<UpstreamSession> {
-    const socket = connect({ host: this.host, port: this.port, noDelay: true });
+    // Reads land in one reused buffer rather than a fresh allocation and a stream event per read.
+    let readBuffer = Buffer.allocUnsafe(READ_BYTES);
+    let deliver: (chunk: Buffer) => boolean = () => false;
+    const early: Buffer[] = [];
+    const socket = connect({
+      host: this.host, port: this.port, noDelay: true,
+      onread: {
+        buffer: () => readBuffer,
+        callback: (n: number, buffer: Uint8Array): boolean => {
+          if (deliver(Buffer.from(buffer.buffer, buffer.byteOffset, n))) readBuffer = Buffer.allocUnsafe(READ_BYTES);
+          // false would pause the socket.
+          return true;
+        },
+      },
+    });
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', (err) => reject(new DataProxyError('UPSTREAM', `upstream ${this.host}:${this.port}: ${err.message}`)));
@@ -64,7 +84,9 @@ export class PostgresUpstream implements Upstream {
         socket.destroy();
         reject(err instanceof DataProxyError ? err : new DataProxyError('UPSTREAM', err.message));
       };
-      const onData = (chunk: Buffer): void => {
+      const onData = (view: Buffer): boolean => {
+        // The start-up exchange keeps partial messages: it reads a copy.
+        const chunk = Buffer.from(view);
         try {
           const messages = reader.push(chunk);
           for (let i = 0; i < messages.length; i++) {
@@ -94,9 +116,13 @@ export class PostgresUpstream implements Upstream {
             } else if (m.type === 'K') {
               backendKey = { processId: m.body.readInt32BE(0), secretKey: m.body.readInt32BE(4) };
             } else if (m.type === 'Z') {
-              socket.off('data', onData);
+              // Until the session takes over, anything the backend sends (a notice) waits.
+              deliver = (c) => {
+                early.push(Buffer.from(c));
+                return false;
+              };
               resolve(messages.slice(i + 1));
-              return;
+              return false;
             } else {
               greeting.push(Buffer.from(m.raw));
             }
@@ -104,8 +130,9 @@ export class PostgresUpstream implements Upstream {
         } catch (err) {
           fail(err as Error);
         }
+        return false;
       };
-      socket.on('data', onData);
+      deliver = onData;
       socket.once('close', () => fail(new DataProxyError('UPSTREAM', 'upstream closed during start-up')));
     });
     socket.removeAllListeners('close');
@@ -115,7 +142,10 @@ export class PostgresUpstream implements Upstream {
     return {
       greeting,
       write: (data) => socket.write(data),
-      onData: (handler) => socket.on('data', handler),
+      onData: (handler) => {
+        deliver = handler;
+        for (const chunk of early.splice(0)) handler(chunk);
+      },
       onClose: (handler) => {
         socket.on('error', (err) => handler(err));
         socket.on('close', () => handler());
@@ -145,7 +175,7 @@ export class EmbeddedUpstream implements Upstream {
   constructor(readonly db: PGlite) {}
 
   async open(): Promise<UpstreamSession> {
-    const handlers: ((chunk: Buffer) => void)[] = [];
+    const handlers: ((chunk: Buffer) => boolean)[] = [];
     const closers: ((err?: Error) => void)[] = [];
     const greeting = [
       parameterStatus('server_version', '17.5 (PGlite)'),
