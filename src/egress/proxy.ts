@@ -350,11 +350,7 @@ export class EgressProxy {
     }
 
     const isConnect = head.method === 'CONNECT';
-    const replyEarly = async (): Promise<boolean> => {
-      if (isConnect) client.write(CONNECT_ESTABLISHED);
-      return isConnect;
-    };
-    this.connectOut(attempt, client, reader, source, target.host, target.port, replyEarly, (upstream) => {
+    this.connectOut(attempt, client, reader, source, target.host, target.port, (upstream) => {
       try {
         if (!upstream) {
           this.refuseHttp(client, attempt, attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error');
@@ -427,11 +423,7 @@ export class EgressProxy {
       refuse(socksReply(SOCKS.reply.commandNotSupported));
       return;
     }
-    const replyEarly = async (): Promise<boolean> => {
-      client.write(socksReply(SOCKS.reply.succeeded));
-      return true;
-    };
-    const upstream = await new Promise<Connected | undefined>((done) => this.connectOut(attempt, client, reader, source, request.host, request.port, replyEarly, done));
+    const upstream = await new Promise<Connected | undefined>((done) => this.connectOut(attempt, client, reader, source, request.host, request.port, done));
     if (!upstream) {
       refuse(socksReply(FAILURE_REPLIES[attempt.failure?.reason ?? attempt.agentFailure ?? 'connect_error'][1]));
       return;
@@ -451,9 +443,7 @@ export class EgressProxy {
 
   /**
    * Decision, resolution and dial; `done` gets the upstream, or undefined with `attempt.failure` set when traffic did
-   * not leave. `replyEarly` tells the client the tunnel is up before dialling; it is used only for `require_sni`
-   * policies, whose ClientHello arrives after that reply and must be checked before any byte leaves. The common case
-   * (a cached decision, a direct policy) runs without a promise.
+   * not leave. The common case (a cached decision, a direct policy) runs without a promise.
    */
   private connectOut(
     attempt: Attempt,
@@ -462,7 +452,6 @@ export class EgressProxy {
     source: EgressSource,
     host: string,
     port: number,
-    replyEarly: () => Promise<boolean>,
     done: (upstream: Connected | undefined) => void,
   ): void {
     if (this.draining) {
@@ -472,11 +461,11 @@ export class EgressProxy {
     }
     const cached = this.decisions.get(`${source.id} ${host} ${port}`);
     if (cached) {
-      this.afterDecision(attempt, client, reader, host, port, cached, replyEarly, done);
+      this.afterDecision(attempt, client, reader, host, port, cached, done);
       return;
     }
     this.decide(attempt, source, host, port).then(
-      (decision) => (decision ? this.afterDecision(attempt, client, reader, host, port, decision, replyEarly, done) : done(undefined)),
+      (decision) => (decision ? this.afterDecision(attempt, client, reader, host, port, decision, done) : done(undefined)),
       (err: Error) => this.abandon(client, err),
     );
   }
@@ -488,7 +477,6 @@ export class EgressProxy {
     host: string,
     port: number,
     decision: Decision,
-    replyEarly: () => Promise<boolean>,
     done: (upstream: Connected | undefined) => void,
   ): void {
     if (!decision.allowed) {
@@ -504,18 +492,22 @@ export class EgressProxy {
       this.dialOut(attempt, client, policy, decision.addresses, port, false, done);
       return;
     }
-    this.checkSni(attempt, reader, policy, host, port, replyEarly).then(
+    this.checkSni(attempt, client, reader, policy, host, port).then(
       (replied) => (replied ? this.dialOut(attempt, client, policy, decision.addresses, port, true, done) : done(undefined)),
       (err: Error) => this.abandon(client, err),
     );
   }
 
-  /** The domain-fronting guard: resolves true once the client was told the tunnel is up and its SNI passed. */
-  private async checkSni(attempt: Attempt, reader: HandshakeReader, policy: EgressPolicy, host: string, port: number, replyEarly: () => Promise<boolean>): Promise<boolean> {
-    if (!(await replyEarly())) {
+  /**
+   * The domain-fronting guard: the client is told the tunnel is up before anything is dialled (its ClientHello comes
+   * only after that reply) and the hello must name the allowed host. Resolves true when it passed.
+   */
+  private async checkSni(attempt: Attempt, client: Socket, reader: HandshakeReader, policy: EgressPolicy, host: string, port: number): Promise<boolean> {
+    if (attempt.protocol === 'http') {
       attempt.fail('sni_missing', `policy ${policy.id} requires TLS with SNI; a plain HTTP request has none`);
       return false;
     }
+    client.write(attempt.protocol === 'socks5' ? socksReply(SOCKS.reply.succeeded) : CONNECT_ESTABLISHED);
     try {
       const hello = await reader.peek(parseClientHelloSni);
       if (hello.kind !== 'sni') {
@@ -547,20 +539,24 @@ export class EgressProxy {
       done(undefined);
       return;
     }
-    const connected = (upstream: Upstream | undefined): void => {
-      if (!upstream) return done(undefined);
-      if (client.destroyed) {
-        attempt.closeReason = 'client_reset';
-        upstream.socket.destroy();
-        return done(undefined);
-      }
-      done({ socket: upstream.socket, base: upstream.base, early: upstream.early, replied });
-    };
     if (policy.type === 'agent-proxy') {
-      this.handToAgent(attempt, policy, addresses[0]!, port).then(connected, (err: Error) => this.abandon(client, err));
+      this.handToAgent(attempt, policy, addresses[0]!, port).then(
+        (upstream) => this.dialled(attempt, client, upstream, replied, done),
+        (err: Error) => this.abandon(client, err),
+      );
     } else {
-      this.dialDirect(attempt, addresses, port, 0, undefined, connected);
+      this.dialDirect(attempt, addresses, port, 0, undefined, (upstream) => this.dialled(attempt, client, upstream, replied, done));
     }
+  }
+
+  private dialled(attempt: Attempt, client: Socket, upstream: Upstream | undefined, replied: boolean, done: (upstream: Connected | undefined) => void): void {
+    if (!upstream) return done(undefined);
+    if (client.destroyed) {
+      attempt.closeReason = 'client_reset';
+      upstream.socket.destroy();
+      return done(undefined);
+    }
+    done({ socket: upstream.socket, base: upstream.base, early: upstream.early, replied });
   }
 
   /**
