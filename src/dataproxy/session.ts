@@ -38,6 +38,18 @@ type Parse = ReturnType<typeof readParse>;
 /** Statements a session remembers beside the shared cache, so the hot path builds no cache key. */
 const SESSION_STATEMENTS = 256;
 
+/** The rewritten Parse of a cached outcome, kept with it: drivers re-send the same Parse for every execution. */
+const rewrittenParses = new WeakMap<Outcome, { name: string; paramTypes: number[]; bytes: Buffer }>();
+function rewrittenParse(parse: Parse, sql: string, outcome: Outcome): Buffer {
+  const known = rewrittenParses.get(outcome);
+  if (known && known.name === parse.name && known.paramTypes.length === parse.paramTypes.length && known.paramTypes.every((t, i) => t === parse.paramTypes[i])) {
+    return known.bytes;
+  }
+  const bytes = parseMessage(parse.name, sql, parse.paramTypes);
+  rewrittenParses.set(outcome, { name: parse.name, paramTypes: parse.paramTypes, bytes });
+  return bytes;
+}
+
 export class Session {
   readonly processId = randomInt(1, 2 ** 31 - 1);
   readonly secretKey = randomInt(1, 2 ** 31 - 1);
@@ -336,7 +348,7 @@ export class Session {
       this.ctx.policyResolved(who, this.correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
         r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
       if (outcome.sql === sql) this.outbox.push(m.raw);
-      else this.outbox.push(parse ? parseMessage(parse.name, outcome.sql, parse.paramTypes) : queryMessage(outcome.sql));
+      else this.outbox.push(parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql));
       return;
     }
     if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);

@@ -173,9 +173,19 @@ export const readyForQuery = (status: string): Buffer => message('Z', Buffer.fro
 export const authenticationOk = (): Buffer => message('R', int32(0));
 export const parameterStatus = (name: string, value: string): Buffer => message('S', Buffer.concat([cstring(name), cstring(value)]));
 export const backendKeyData = (processId: number, secretKey: number): Buffer => message('K', Buffer.concat([int32(processId), int32(secretKey)]));
-export const queryMessage = (sql: string): Buffer => message('Q', cstring(sql));
 export const syncMessage = (): Buffer => message('S');
 export const terminateMessage = (): Buffer => message('X');
+
+/** Query: one allocation, as the simple protocol's rewritten statements take this path once per query. */
+export function queryMessage(sql: string): Buffer {
+  const length = Buffer.byteLength(sql);
+  const out = Buffer.allocUnsafe(6 + length);
+  out[0] = 0x51;
+  out.writeInt32BE(length + 5, 1);
+  out.write(sql, 5, 'utf8');
+  out[5 + length] = 0;
+  return out;
+}
 
 export function parseMessage(name: string, sql: string, paramTypes: number[]): Buffer {
   return message('P', Buffer.concat([cstring(name), cstring(sql), int16(paramTypes.length), ...paramTypes.map(int32)]));
