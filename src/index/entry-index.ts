@@ -1,5 +1,5 @@
 import {
-  BOOLEAN, DuckDBConnection, DuckDBInstance, DuckDBScalarFunction, DuckDBTimestampValue, VARCHAR,
+  BOOLEAN, type DuckDBAppender, DuckDBConnection, DuckDBInstance, DuckDBScalarFunction, DuckDBTimestampValue, VARCHAR,
 } from '@duckdb/node-api';
 import type { LogEntry } from '../model/index.ts';
 import { epochMicros, parseTimestamp } from '../model/index.ts';
@@ -27,7 +27,7 @@ export interface ListRequest {
 }
 
 /** The closed set of index failures (a bad filter or page token is a QueryError instead). */
-export type IndexErrorCode = 'INDEX_GAP';
+export type IndexErrorCode = 'INDEX_GAP' | 'INDEX_UNCOMMITTED';
 
 export class IndexError extends Error {
   override readonly name = 'IndexError';
@@ -36,12 +36,19 @@ export class IndexError extends Error {
   }
 }
 
-export interface IndexRow {
+/** One ledger entry to index: the entry, its JSON text, or both (the text is stored; the entry is parsed from it if absent). */
+export type IndexRow = {
   /** The entry's ledger index within its organization. */
   index: number;
-  entry: LogEntry;
-  json?: string;
-}
+} & ({ entry: LogEntry; json?: string } | { entry?: undefined; json: string });
+
+/**
+ * Rows are held in one open appender and committed when this many have gathered (DuckDB's row group size: a commit
+ * that large is written straight to row groups in the table file instead of through the write-ahead log, about
+ * half the work), before any read, and at most `FLUSH_MAX_AGE_MS` after the first of them arrived.
+ */
+const FLUSH_ROWS = 122_880;
+const FLUSH_MAX_AGE_MS = 5_000;
 
 export interface ListResponse {
   entries: LogEntry[];
@@ -75,6 +82,11 @@ export class EntryIndex {
   private readonly nextIndex = new Map<string, number>();
   /** Inserts run one at a time, so the idempotence check and the append cannot interleave. */
   private writes: Promise<unknown> = Promise.resolve();
+  private appender: DuckDBAppender | undefined;
+  private unflushedRows = 0;
+  private ageFlush: NodeJS.Timeout | undefined;
+  /** A commit that failed in the background: the next `list` reports it, so its caller can feed the rows again. */
+  private lostCommit: IndexError | undefined;
 
   private constructor(
     private readonly instance: DuckDBInstance,
@@ -106,10 +118,15 @@ export class EntryIndex {
   /**
    * Appends entries of one organization; rows whose ledger index is already indexed are skipped. `json`, when
    * given, must be the entry's JSON text (the ledger's canonical form will do) and spares serializing it again.
-   * Batches of 122,880 rows or more are written straight to row groups rather than through DuckDB's WAL.
+   * Rows count as indexed at once (`indexedSize`) and are committed before the next `list` reads the table.
    */
   insert(org: string, rows: IndexRow[]): Promise<void> {
-    const run = this.writes.then(() => this.append(org, rows));
+    return this.serialized(() => this.append(org, rows));
+  }
+
+  /** Runs `task` after every earlier insert, flush and cursor read, so none of them interleave. */
+  private serialized<T>(task: () => Promise<T> | T): Promise<T> {
+    const run = this.writes.then(task);
     this.writes = run.catch(() => undefined);
     return run;
   }
@@ -126,44 +143,82 @@ export class EntryIndex {
       next++;
     }
     if (fresh.length === 0) return;
-    const appender = await this.writer.createAppender('entries');
+    this.appender ??= await this.writer.createAppender('entries');
+    const appender = this.appender;
     try {
-      for (const { index, entry, json } of fresh) {
+      for (const row of fresh) {
+        const entry = row.entry ?? (JSON.parse(row.json as string) as LogEntry);
         const c = indexedColumns(entry);
         appender.appendVarchar(org);
-        appender.appendBigInt(BigInt(index));
+        appender.appendBigInt(BigInt(row.index));
         appender.appendTimestamp(new DuckDBTimestampValue(BigInt(c.tsMicros)));
         appender.appendTimestamp(new DuckDBTimestampValue(BigInt(c.receiveTsMicros)));
         appender.appendTinyInt(c.severityRank);
         appender.appendVarchar(c.logName);
         appender.appendVarchar(c.resourceType);
         appender.appendVarchar(String(entry.insertId ?? ''));
-        appender.appendVarchar(json ?? JSON.stringify(entry));
+        appender.appendVarchar(row.json ?? JSON.stringify(entry));
         appender.appendVarchar(c.fields);
         appender.appendVarchar(c.fieldsFolded);
         appender.endRow();
       }
-      appender.flushSync();
+      this.unflushedRows += fresh.length;
       this.nextIndex.set(org, next);
+      if (this.unflushedRows >= FLUSH_ROWS) this.flush();
+      else this.ageFlush ??= setTimeout(() => {
+        this.serialized(() => this.flush()).catch((err: unknown) => {
+          log.error({ err }, 'index commit failed');
+          if (err instanceof IndexError) this.lostCommit = err;
+        });
+      }, FLUSH_MAX_AGE_MS).unref();
     } catch (e) {
-      this.nextIndex.delete(org); // some rows may have landed: read the catch-up point from the table again
+      this.discardAppender();
       throw e;
-    } finally {
-      appender.closeSync();
     }
+  }
+
+  /**
+   * Commits the rows gathered in the appender. If DuckDB refuses (a full disk, say), they are dropped and the
+   * cursors are read from the table again; the error says so, and the caller feeds them again from the ledger.
+   */
+  private flush(): void {
+    clearTimeout(this.ageFlush);
+    this.ageFlush = undefined;
+    if (!this.appender || this.unflushedRows === 0) return;
+    try {
+      this.appender.flushSync();
+      this.unflushedRows = 0;
+    } catch (e) {
+      const dropped = this.unflushedRows;
+      this.discardAppender();
+      throw new IndexError('INDEX_UNCOMMITTED', `the index could not commit ${dropped} rows (${(e as Error).message}); they must be indexed again from the ledger`);
+    }
+  }
+
+  /** After a failed append or flush the cursors cannot be trusted: they are read from the table again. */
+  private discardAppender(): void {
+    clearTimeout(this.ageFlush);
+    this.ageFlush = undefined;
+    try {
+      this.appender?.closeSync();
+    } catch {
+      // the appender already failed; what it held is dropped and re-indexed from the ledger
+    }
+    this.appender = undefined;
+    this.unflushedRows = 0;
+    this.nextIndex.clear();
   }
 
   /** The next ledger index not yet indexed for `org`: where catch-up from the ledger starts after a crash. */
   indexedSize(org: string): Promise<number> {
     // Queued behind inserts: a concurrent read of max(idx) must not overwrite the cursor an insert just moved.
-    const run = this.writes.then(() => this.readIndexedSize(org));
-    this.writes = run.catch(() => undefined);
-    return run;
+    return this.serialized(() => this.readIndexedSize(org));
   }
 
   private async readIndexedSize(org: string): Promise<number> {
     const known = this.nextIndex.get(org);
     if (known !== undefined) return known;
+    this.flush();
     const reader = await this.writer.runAndReadAll('SELECT max(idx) AS m FROM entries WHERE org = $1', [org]);
     const max = reader.getRowObjectsJS()[0]?.['m'];
     const next = max === null || max === undefined ? 0 : Number(max) + 1;
@@ -172,6 +227,12 @@ export class EntryIndex {
   }
 
   async list(request: ListRequest): Promise<ListResponse> {
+    await this.serialized(() => {
+      const lost = this.lostCommit;
+      this.lostCommit = undefined;
+      if (lost) throw lost;
+      this.flush();
+    });
     const order = request.orderBy === 'timestamp asc' ? 'asc' : 'desc';
     const pageSize = clampPageSize(request.pageSize);
     const filter = parseFilter(request.filter ?? '');
@@ -206,19 +267,25 @@ export class EntryIndex {
   }
 
   /** Empties the index (one organization, or all) for `custos reindex`. */
-  async clear(org?: string): Promise<void> {
-    await this.writes;
-    if (org === undefined) {
-      await this.writer.run('DELETE FROM entries');
-      this.nextIndex.clear();
-    } else {
-      await this.writer.run('DELETE FROM entries WHERE org = $1', [org]);
-      this.nextIndex.delete(org);
-    }
+  clear(org?: string): Promise<void> {
+    return this.serialized(async () => {
+      this.flush();
+      if (org === undefined) {
+        await this.writer.run('DELETE FROM entries');
+        this.nextIndex.clear();
+      } else {
+        await this.writer.run('DELETE FROM entries WHERE org = $1', [org]);
+        this.nextIndex.delete(org);
+      }
+    });
   }
 
   async close(): Promise<void> {
-    await this.writes;
+    await this.serialized(() => {
+      this.flush();
+      this.appender?.closeSync();
+      this.appender = undefined;
+    });
     this.reader.closeSync();
     this.writer.closeSync();
     this.instance.closeSync();

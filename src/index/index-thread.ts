@@ -2,7 +2,6 @@
  * Worker side of `ThreadedEntryIndex`: hosts the DuckDB index and answers calls posted from the main thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import type { LogEntry } from '../model/index.ts';
 import { EntryIndex } from './entry-index.ts';
 
 export interface IndexCall {
@@ -18,9 +17,10 @@ port.on('message', async ({ id, method, args }: IndexCall) => {
   try {
     let result: unknown;
     if (method === 'insert') {
-      // Entries arrive as JSON text: parsing here keeps the main thread's share to one stringify per entry.
-      const [org, rows] = args as [string, [number, string][]];
-      result = await index.insert(org, rows.map(([i, json]) => ({ index: i, entry: JSON.parse(json) as LogEntry, json })));
+      // Entries arrive as JSON text, one per line: parsing them here keeps that work off the write path.
+      const [org, indexes, text] = args as [string, number[], string];
+      const lines = text.split('\n');
+      result = await index.insert(org, indexes.map((index, i) => ({ index, json: lines[i] as string })));
     } else if (method === 'indexedSize') result = await index.indexedSize(args[0] as string);
     else if (method === 'list') result = await index.list(args[0] as Parameters<EntryIndex['list']>[0]);
     else if (method === 'clear') result = await index.clear(args[0] as string | undefined);

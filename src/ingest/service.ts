@@ -1,5 +1,5 @@
-import type { EntryIndexApi } from '../index/index.ts';
-import type { Ledger } from '../ledger/index.ts';
+import { type EntryIndexApi, IndexError, type IndexRow, type ListRequest, type ListResponse } from '../index/index.ts';
+import { canonicalJson, type Ledger, LedgerError } from '../ledger/index.ts';
 import { completeEntry, type LogEntry, type LogEntryInput, validateEntry, BodyError, type EntryError } from '../model/index.ts';
 import { componentLogger } from '../telemetry/index.ts';
 import { InsertIdWindow } from './dedupe.ts';
@@ -19,6 +19,12 @@ export interface WriteResult {
 
 type Subscriber = (entry: LogEntry) => void;
 
+/** Entries appended but not yet indexed: their canonical JSON, from ledger index `first` on. */
+interface PendingRun {
+  first: number;
+  lines: string[];
+}
+
 /** DuckDB writes batches of at least this many rows straight to the table file, skipping its write-ahead log. */
 const INDEX_BATCH = 131_072;
 
@@ -29,7 +35,9 @@ const INDEX_BATCH = 131_072;
  */
 export class IngestService {
   private readonly dedupe: InsertIdWindow;
-  private readonly pending = new Map<string, Map<number, LogEntry>>();
+  // Kept as canonical JSON text, not objects: a string per entry is cheap to hold while the index catches up and
+  // is what the index stores anyway.
+  private readonly pending = new Map<string, PendingRun[]>();
   private readonly indexedUpTo = new Map<string, number>();
   private readonly waiters = new Map<string, { size: number; resolve: () => void }[]>();
   private readonly subscribers = new Map<string, Set<Subscriber>>();
@@ -66,23 +74,32 @@ export class IngestService {
   async write(org: string, inputs: LogEntryInput[]): Promise<WriteResult> {
     if (this.closed) throw new Error('ingest service is closed');
     const receiveTimestamp = new Date().toISOString();
+    const entries = inputs.map((input) => completeEntry(input, org, receiveTimestamp));
+    const canonical = entries.map((entry, i) => {
+      try {
+        return canonicalJson(entry);
+      } catch (err) {
+        throw new LedgerError('INVALID_ENTRY', `entry ${i + 1}: ${(err as Error).message}`, { org, cause: err });
+      }
+    });
     const fresh: LogEntry[] = [];
+    const lines: string[] = [];
     let duplicates = 0;
-    for (const input of inputs) {
-      const entry = completeEntry(input, org, receiveTimestamp);
+    entries.forEach((entry, i) => {
       // Claimed before the append so a concurrent retry of the same batch is also caught.
       if (this.dedupe.has(org, entry.insertId)) {
         duplicates++;
-        continue;
+        return;
       }
       this.dedupe.add(org, entry.insertId);
       fresh.push(entry);
-    }
+      lines.push(canonical[i] as string);
+    });
     if (fresh.length === 0) return { written: 0, duplicates, treeSize: this.ledger.treeSize(org) };
     let appended: { firstIndex: number; treeSize: number };
     const started = performance.now();
     try {
-      appended = await this.ledger.append(org, fresh);
+      appended = await this.ledger.appendCanonical(org, lines);
     } catch (err) {
       for (const e of fresh) this.dedupe.delete(org, e.insertId);
       ingestMetrics.failures.inc({ org });
@@ -91,13 +108,13 @@ export class IngestService {
     ingestMetrics.appendSeconds.observe((performance.now() - started) / 1000);
     ingestMetrics.entries.inc({ org }, fresh.length);
     ingestMetrics.treeSize.set({ org }, appended.treeSize);
-    let rows = this.pending.get(org);
-    if (!rows) this.pending.set(org, (rows = new Map()));
-    // Rows the indexer already read back from the ledger (it runs concurrently) are not kept.
-    const indexed = this.indexedUpTo.get(org) ?? 0;
-    fresh.forEach((entry, i) => {
-      if (appended.firstIndex + i >= indexed) rows.set(appended.firstIndex + i, entry);
-    });
+    // Entries the indexer already read back from the ledger (it runs concurrently) are not kept.
+    const skip = Math.max(0, (this.indexedUpTo.get(org) ?? 0) - appended.firstIndex);
+    if (skip < lines.length) {
+      let runs = this.pending.get(org);
+      if (!runs) this.pending.set(org, (runs = []));
+      runs.push({ first: appended.firstIndex + skip, lines: skip === 0 ? lines : lines.slice(skip) });
+    }
     this.scheduleIndexing();
     const subs = this.subscribers.get(org);
     if (subs) for (const entry of fresh) for (const fn of subs) fn(entry);
@@ -114,6 +131,29 @@ export class IngestService {
       if (!list) this.waiters.set(org, (list = []));
       list.push({ size, resolve: () => (clearTimeout(timer), resolve()) });
     });
+  }
+
+  /**
+   * A page of the index after it has caught up with every entry stored before the call (read-your-writes). If the
+   * index lost rows it could not commit, it is fed again from the ledger first.
+   */
+  async list(request: ListRequest): Promise<ListResponse> {
+    await this.waitIndexed(request.organization);
+    try {
+      return await this.index.list(request);
+    } catch (err) {
+      if (!(err instanceof IndexError && err.code === 'INDEX_UNCOMMITTED')) throw err;
+      this.log.warn({ err }, 'index rows were lost; re-indexing them from the ledger');
+      this.resync();
+      await this.waitIndexed(request.organization);
+      return this.index.list(request);
+    }
+  }
+
+  /** Forgets where the index stood, so the next indexing pass reads it from the index and catches up from the ledger. */
+  private resync(): void {
+    this.indexedUpTo.clear();
+    this.scheduleIndexing();
   }
 
   /** Live entries of an organization as they are stored; returns the unsubscribe function. */
@@ -133,7 +173,7 @@ export class IngestService {
         await this.indexPending();
       } catch (err) {
         this.log.error({ err }, 'indexing failed; will retry from the ledger');
-        setTimeout(() => this.scheduleIndexing(), 1000).unref();
+        setTimeout(() => this.resync(), 1000).unref();
       }
     });
   }
@@ -144,21 +184,13 @@ export class IngestService {
     for (const org of this.ledger.organizations()) {
       let cursor = this.indexedUpTo.get(org) ?? (await this.index.indexedSize(org));
       const target = this.ledger.treeSize(org);
-      const rows = this.pending.get(org) ?? new Map<number, LogEntry>();
       while (cursor < target) {
-        const batch: { index: number; entry: LogEntry }[] = [];
-        if (rows.has(cursor)) {
-          for (let i = cursor; i < target && batch.length < INDEX_BATCH; i++) {
-            const entry = rows.get(i);
-            if (!entry) break;
-            batch.push({ index: i, entry });
-          }
-        } else {
+        const batch = this.takePending(org, cursor, Math.min(target, cursor + INDEX_BATCH));
+        if (batch.length === 0) {
           for await (const rows of this.ledger.readBatches(org, cursor, Math.min(target, cursor + INDEX_BATCH))) batch.push(...rows);
         }
         if (batch.length === 0) break;
         await this.index.insert(org, batch);
-        for (const { index } of batch) rows.delete(index);
         cursor += batch.length;
         this.indexedUpTo.set(org, cursor);
         ingestMetrics.indexLag.set({ org }, this.ledger.treeSize(org) - cursor);
@@ -170,6 +202,25 @@ export class IngestService {
       }
     }
     if ([...this.ledger.organizations()].some((org) => (this.indexedUpTo.get(org) ?? 0) < this.ledger.treeSize(org))) this.scheduleIndexing();
+  }
+
+  /**
+   * The pending entries from `from` (up to `to`, exclusive) in one contiguous run, dropping runs that fall behind
+   * `from`; empty when the entry at `from` is not held in memory (after a restart, or appended by another path).
+   */
+  private takePending(org: string, from: number, to: number): IndexRow[] {
+    const runs = this.pending.get(org) ?? [];
+    runs.sort((a, b) => a.first - b.first);
+    while (runs.length > 0 && (runs[0] as PendingRun).first + (runs[0] as PendingRun).lines.length <= from) runs.shift();
+    const batch: IndexRow[] = [];
+    let next = from;
+    for (const run of runs) {
+      if (run.first > next || next >= to) break;
+      const end = Math.min(run.first + run.lines.length, to);
+      for (let i = next; i < end; i++) batch.push({ index: i, json: run.lines[i - run.first] as string });
+      next = end;
+    }
+    return batch;
   }
 
   /** Rebuilds the index of one or all organizations from the ledger (`custos reindex`). */

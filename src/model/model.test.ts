@@ -73,6 +73,18 @@ describe('completing an entry', () => {
     assert.equal(normalizeTimestamp('2020-02-30T00:00:00Z'), undefined);
     assert.equal(normalizeTimestamp('yesterday'), undefined);
   });
+
+  it('gives the same result whether or not the same second was just parsed', () => {
+    const second = '2026-03-01T10:20:30';
+    assert.equal(normalizeTimestamp(`${second}.250Z`), `${second}.25Z`);
+    // each of these shares the remembered second's first 19 characters
+    assert.equal(normalizeTimestamp(`${second}+01:00`), '2026-03-01T09:20:30Z');
+    assert.equal(normalizeTimestamp(`${second}.1234567890z`), `${second}.123456789Z`);
+    assert.equal(normalizeTimestamp(`${second}.Z`), undefined);
+    assert.equal(normalizeTimestamp(`${second}Zjunk`), undefined);
+    assert.equal(normalizeTimestamp('2026-03-01T10:20:60Z'), '2026-03-01T10:20:59Z');
+    assert.equal(normalizeTimestamp(`${second}Z`), `${second}Z`);
+  });
 });
 
 describe('parsing a write body (all or nothing, errors name line and field)', () => {

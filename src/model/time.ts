@@ -11,7 +11,19 @@ export interface ParsedTimestamp {
   nanos: number;
 }
 
+// Entries come in bursts stamped within the same second: the last UTC second parsed is kept, so a timestamp that
+// shares it costs one short match instead of a full parse and a Date round trip.
+let lastSecondText = '';
+let lastEpochSeconds = 0;
+const FRACTION_UTC = /^(?:\.(\d{1,9})\d*)?[Zz]$/;
+/** What `formatTimestamp` writes: UTC, upper-case T and Z, a fraction of at most nine digits without trailing zeros. */
+const CANONICAL_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d{0,8}[1-9])?Z$/;
+
 export function parseTimestamp(text: string): ParsedTimestamp | undefined {
+  if (lastSecondText !== '' && text.startsWith(lastSecondText)) {
+    const fraction = FRACTION_UTC.exec(text.slice(19));
+    if (fraction) return { epochSeconds: lastEpochSeconds, nanos: fraction[1] ? Number(fraction[1].padEnd(9, '0')) : 0 };
+  }
   const m = RFC3339.exec(text);
   if (!m) return undefined;
   const [, y, mo, d, h, mi, s, frac, zone] = m as unknown as string[];
@@ -27,6 +39,10 @@ export function parseTimestamp(text: string): ParsedTimestamp | undefined {
   }
   const epochSeconds = base / 1000 - offsetMinutes * 60;
   const nanos = frac ? Number(frac.padEnd(9, '0')) : 0;
+  if (offsetMinutes === 0 && second < 60) {
+    lastSecondText = text.slice(0, 19);
+    lastEpochSeconds = epochSeconds;
+  }
   return { epochSeconds, nanos };
 }
 
@@ -40,6 +56,7 @@ export function formatTimestamp(t: ParsedTimestamp): string {
 /** Normalizes an RFC 3339 timestamp to UTC, or returns undefined when it is not one. */
 export function normalizeTimestamp(text: string): string | undefined {
   const parsed = parseTimestamp(text);
+  if (parsed && CANONICAL_UTC.test(text)) return text;
   return parsed && formatTimestamp(parsed);
 }
 

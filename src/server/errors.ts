@@ -1,6 +1,7 @@
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { BodyError } from '../model/index.ts';
 import { LedgerError } from '../ledger/index.ts';
+import { IndexError } from '../index/index.ts';
 import { QueryError } from '../query/index.ts';
 import { componentLogger } from '../telemetry/index.ts';
 
@@ -33,6 +34,10 @@ export function installErrorHandler(app: FastifyInstance): void {
     } else if (err instanceof QueryError) {
       status = 400;
       body = { code: 'INVALID_FILTER', message: err.message, reason: err.code, line: err.line, column: err.column };
+    } else if (err instanceof IndexError) {
+      status = 503;
+      body = { code: 'INDEX_UNAVAILABLE', message: `the index could not answer; every acknowledged entry is still in the ledger: ${err.message}`, reason: err.code };
+      log.error({ err }, 'index failure');
     } else if (err instanceof LedgerError && CLIENT_LEDGER_ERRORS.has(err.code)) {
       status = 400;
       body = { code: 'INVALID_ARGUMENT', message: err.message, reason: err.code };

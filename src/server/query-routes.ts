@@ -68,8 +68,7 @@ export async function queryRoutes(app: FastifyInstance, options: { service: Inge
     }
     if (body.filter !== undefined && typeof body.filter !== 'string') throw new ApiError(400, 'INVALID_ARGUMENT', 'filter must be a string');
     if (body.filter) parseFilter(body.filter); // a bad filter is a 400 before any waiting
-    await service.waitIndexed(org);
-    return service.index.list({
+    return service.list({
       organization: org,
       ...(body.filter ? { filter: body.filter } : {}),
       ...(body.orderBy ? { orderBy: body.orderBy } : {}),

@@ -81,16 +81,18 @@ describe('durability', () => {
   it('a full disk is a 503 that stores nothing of the batch and corrupts nothing', async (t) => {
     const mountPoint = await mkdtemp(join(tmpdir(), 'custos-full-'));
     try {
-      await run('mount', ['-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', mountPoint]);
+      await run('mount', ['-t', 'tmpfs', '-o', 'size=12m', 'tmpfs', mountPoint]);
     } catch {
       await rm(mountPoint, { recursive: true, force: true });
       t.skip('cannot mount a tmpfs here (needs root)');
       return;
     }
+    let store: Awaited<ReturnType<typeof startTestStore>> | undefined;
     try {
+      // About 3 MB are left for the store; removing the filler later gives back room for the index to catch up too.
       const filler = join(mountPoint, 'filler');
-      await writeFile(filler, Buffer.alloc(1024 * 1024));
-      const store = await startTestStore({}, mountPoint);
+      await writeFile(filler, Buffer.alloc(9 * 1024 * 1024));
+      store = await startTestStore({}, mountPoint);
       let status = 200;
       let acknowledged = 0;
       let code = '';
@@ -114,6 +116,7 @@ describe('durability', () => {
       assert.ok(!('code' in verify) || verify.code === 0, `verify failed after a full disk: ${verify.stdout}${verify.stderr}`);
       assert.ok(acknowledged > 0);
     } finally {
+      await store?.server.close().catch(() => {});
       await run('umount', [mountPoint]).catch(() => {});
       await rm(mountPoint, { recursive: true, force: true });
     }
