@@ -4,7 +4,7 @@
  *
  *   node --import tsx bench/ingest-http.ts [--entries 500000] [--clients 8] [--seconds 60]
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -45,9 +45,17 @@ const batches: string[] = [];
 for (let b = 0; b * 1000 < total; b++) batches.push(Array.from({ length: 1000 }, (_, i) => entryLine(b * 1000 + i)).join('\n') + '\n');
 const avgBytes = Math.round(batches[0]!.length / 1000);
 
+/** User + system CPU seconds of the server process so far (all its threads), from /proc. */
+async function serverCpuSeconds(): Promise<number> {
+  const stat = await readFile(`/proc/${child.pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
+}
+
 let next = 0;
 let stored = 0;
 const latencies: number[] = [];
+const cpuBefore = await serverCpuSeconds();
 const started = performance.now();
 await Promise.all(
   Array.from({ length: clients }, async () => {
@@ -63,12 +71,14 @@ await Promise.all(
   }),
 );
 const seconds = (performance.now() - started) / 1000;
+const serverCpu = (await serverCpuSeconds()) - cpuBefore;
 latencies.sort((a, b) => a - b);
 // The index follows the ledger on its own thread; a list call waits for it, so this is how far it trailed.
 const listStarted = performance.now();
 const listed = await fetch(`${url}/v1/entries:list`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ filter: `insertId="bench-${stored - 1}"` }) });
 const found = ((await listed.json()) as { entries: unknown[] }).entries.length;
 const indexTrail = (performance.now() - listStarted) / 1000;
+const serverCpuAfterIndex = (await serverCpuSeconds()) - cpuBefore;
 child.kill('SIGTERM');
 await new Promise((r) => child.once('exit', r));
 await rm(dataDir, { recursive: true, force: true });
@@ -78,4 +88,5 @@ console.log('| what | figure |\n| --- | --- |');
 console.log(`| entries stored durably | ${stored.toLocaleString('en-US')} (avg ${avgBytes} B/entry, ${clients} clients) |`);
 console.log(`| entries/s | **${rate.toLocaleString('en-US')}** (target ≥ 50,000) |`);
 console.log(`| index caught up with the last entry | ${indexTrail.toFixed(1)} s after the last acknowledgement (${found === 1 ? 'found' : 'NOT found'}) |`);
+console.log(`| server CPU per entry (all threads) | ${((serverCpu / stored) * 1e6).toFixed(1)} µs until the last acknowledgement, ${((serverCpuAfterIndex / stored) * 1e6).toFixed(1)} µs with the index caught up |`);
 console.log(`| batch latency p50 / p99 | ${latencies[Math.floor(latencies.length / 2)]!.toFixed(1)} ms / ${latencies[Math.floor(latencies.length * 0.99)]!.toFixed(1)} ms |`);
