@@ -121,7 +121,34 @@ export class Session {
       }
       const end = offset + 1 + length;
       if (end > chunk.length) break;
-      if (type === 0x51 /* Q */ || type === 0x50 /* P */ || type === 0x46 /* F */ || type === 0x58 /* X */) {
+      if (type === 0x51 /* Q */) {
+        // The statement's own bytes stay in the forwarded range unless it is rewritten or refused.
+        const sql = chunk.toString('utf8', offset + 5, end - 1);
+        let outcome: Outcome | Promise<Outcome>;
+        let replacement: Buffer | undefined;
+        try {
+          outcome = this.check(sql, end - offset - 6);
+          if (!(outcome instanceof Promise)) replacement = this.decide(undefined, sql, outcome);
+        } catch (err) {
+          this.fatal('08P01', (err as Error).message);
+          return;
+        }
+        if (!(outcome instanceof Promise)) {
+          if (replacement) {
+            if (offset > from) this.outbox.push(chunk.subarray(from, offset));
+            this.outbox.push(replacement);
+            from = end;
+          }
+          offset = end;
+          continue;
+        }
+        if (offset > from) this.outbox.push(chunk.subarray(from, offset));
+        const m = { type: 'Q', raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) };
+        this.pause(outcome.then((o) => this.forward(m, undefined, sql, o)));
+        if (end < chunk.length) this.onClientData(chunk.subarray(end));
+        return;
+      }
+      if (type === 0x50 /* P */ || type === 0x46 /* F */ || type === 0x58 /* X */) {
         if (offset > from) this.outbox.push(chunk.subarray(from, offset));
         from = end;
         let pending: Promise<void> | void;
@@ -140,7 +167,8 @@ export class Session {
       }
       offset = end;
     }
-    if (offset > from) this.outbox.push(chunk.subarray(from, offset));
+    if (from === 0 && offset === chunk.length) this.outbox.push(chunk);
+    else if (offset > from) this.outbox.push(chunk.subarray(from, offset));
     if (offset < chunk.length) this.reader.push(chunk.subarray(offset));
     this.flushUpstream();
   }
@@ -340,6 +368,14 @@ export class Session {
    * or its refusal.
    */
   private forward(m: Message, parse: Parse | undefined, sql: string, outcome: Outcome): void {
+    this.outbox.push(this.decide(parse, sql, outcome) ?? m.raw);
+  }
+
+  /**
+   * Emits the statement's event and returns what goes upstream instead of the Query or Parse: undefined when its
+   * own bytes go as they are.
+   */
+  private decide(parse: Parse | undefined, sql: string, outcome: Outcome): Buffer | undefined {
     const who = this.principal!;
     if (outcome.ok) {
       const r = outcome.result;
@@ -347,14 +383,13 @@ export class Session {
       const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
       this.ctx.policyResolved(who, this.correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
         r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
-      if (outcome.sql === sql) this.outbox.push(m.raw);
-      else this.outbox.push(parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql));
-      return;
+      if (outcome.sql === sql) return undefined;
+      return parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql);
     }
     if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
     else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, this.correlationId, { query: sql }, outcome.message), []);
     this.pendingRefusal(outcome.message, outcome.sqlstate);
-    this.outbox.push(parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker()));
+    return parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker());
   }
 
   /** Policies, then the (cached) rewrite; synchronous when both are cached, which is the hot path. */

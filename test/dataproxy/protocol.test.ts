@@ -196,6 +196,25 @@ describe('protocol through the proxy', () => {
     s.socket.destroy();
   });
 
+  test('Query messages pipelined behind one that waits for a catalog refresh are answered in order', async () => {
+    const table = `late_${Date.now()}`;
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    await admin.query(`create table ${table} (v int); insert into ${table} values (7)`);
+    await admin.end();
+    // The catalog reloads at most once a second.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    const s = await rawSession(p.proxy.port);
+    // The proxy has not seen the new table: the first statement waits for the catalog; the second is in the same write.
+    s.socket.write(Buffer.concat([queryMessage(`select v from ${table}`), queryMessage('select 8')]));
+    const first = await s.until('Z');
+    const second = await s.until('Z');
+    const value = (ms: Message[]) => ms.map((m) => m.type === 'D' ? m.body.toString('utf8', 6) : m.type === 'E' ? parseErrorFields(m.body)['M'] : '').join('');
+    assert.equal(value(first), '7');
+    assert.equal(value(second), '8');
+    s.socket.destroy();
+  });
+
   test('CancelRequest reaches the right upstream backend', async () => {
     const s = await rawSession(p.proxy.port, 'admin', 'adminpw');
     try {
