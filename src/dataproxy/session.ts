@@ -121,14 +121,17 @@ export class Session {
       }
       const end = offset + 1 + length;
       if (end > chunk.length) break;
-      if (type === 0x51 /* Q */) {
+      if (type === 0x51 /* Q */ || type === 0x50 /* P */) {
         // The statement's own bytes stay in the forwarded range unless it is rewritten or refused.
-        const sql = chunk.toString('utf8', offset + 5, end - 1);
+        let parse: Parse | undefined;
+        let sql: string;
         let outcome: Outcome | Promise<Outcome>;
         let replacement: Buffer | undefined;
         try {
-          outcome = this.check(sql, end - offset - 6);
-          if (!(outcome instanceof Promise)) replacement = this.decide(undefined, sql, outcome);
+          if (type === 0x50) parse = readParse(chunk.subarray(offset + 5, end));
+          sql = parse ? parse.sql : chunk.toString('utf8', offset + 5, end - 1);
+          outcome = this.check(sql, parse ? Buffer.byteLength(sql) : end - offset - 6);
+          if (!(outcome instanceof Promise)) replacement = this.decide(parse, sql, outcome);
         } catch (err) {
           this.fatal('08P01', (err as Error).message);
           return;
@@ -143,12 +146,12 @@ export class Session {
           continue;
         }
         if (offset > from) this.outbox.push(chunk.subarray(from, offset));
-        const m = { type: 'Q', raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) };
-        this.pause(outcome.then((o) => this.forward(m, undefined, sql, o)));
+        const m = { type: parse ? 'P' : 'Q', raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) };
+        this.pause(outcome.then((o) => this.forward(m, parse, sql, o)));
         if (end < chunk.length) this.onClientData(chunk.subarray(end));
         return;
       }
-      if (type === 0x50 /* P */ || type === 0x46 /* F */ || type === 0x58 /* X */) {
+      if (type === 0x46 /* F */ || type === 0x58 /* X */) {
         if (offset > from) this.outbox.push(chunk.subarray(from, offset));
         from = end;
         let pending: Promise<void> | void;
