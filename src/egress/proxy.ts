@@ -6,7 +6,7 @@ import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
 import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
 import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
 import { dial, dialThen, DialError, formatHostPort, HandshakeEnded, HandshakeReader, ignore, watchDeadline } from './io.ts';
-import { countRecord, egressMetrics } from './metrics.ts';
+import { connectionClosed, connectionOpened, countRecord } from './metrics.ts';
 import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies, type Decision } from './policy.ts';
 import { createResolver, ResolveError, type Resolver } from './resolver.ts';
 import {
@@ -240,7 +240,7 @@ export class EgressProxy {
         const left = (this.perSource.get(a.source) ?? 1) - 1;
         if (left > 0) this.perSource.set(a.source, left);
         else this.perSource.delete(a.source);
-        egressMetrics.active.dec({ source: a.source });
+        connectionClosed(a.source);
       }
       countRecord(record);
       try {
@@ -258,7 +258,7 @@ export class EgressProxy {
     const used = this.perSource.get(source.id) ?? 0;
     attempt.source = source.id;
     this.perSource.set(source.id, used + 1);
-    egressMetrics.active.inc({ source: source.id });
+    connectionOpened(source.id);
     if (used < source.maxConnections) return true;
     attempt.fail('connection_limit', `source ${source.id} already has ${used} connections (limit ${source.maxConnections})`);
     return false;
