@@ -188,7 +188,7 @@ export class Ledger {
   async appendCanonical(org: string, canonical: readonly (string | Uint8Array)[]): Promise<{ firstIndex: number; treeSize: number }> {
     if (this.closed) throw new LedgerError('CLOSED', 'ledger is closed', { org });
     assertOrganization(org);
-    const batch = new RecordBatch(canonical.length * 1024);
+    const batch = new RecordBatch(canonical.length * 1024, canonical.length);
     for (let i = 0; i < canonical.length; i++) {
       try {
         batch.add(canonical[i] as string | Uint8Array);

@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import { hashRanges } from './digest.ts';
 import { LedgerError } from './errors.ts';
 
 /**
@@ -8,23 +9,44 @@ import { LedgerError } from './errors.ts';
 export const HASH_SIZE = 32;
 export const EMPTY_ROOT: Buffer = hash('sha256', Buffer.alloc(0), 'buffer');
 
-const leafScratch = { buffer: Buffer.alloc(64 * 1024) };
-const nodeScratch = Buffer.alloc(1 + 2 * HASH_SIZE);
-nodeScratch[0] = 0x01;
+const LEAF_PREFIX = 0x00;
+const NODE_PREFIX = 0x01;
+const oneRange = new Uint32Array(2);
+const nodeScratch = Buffer.alloc(2 * HASH_SIZE);
+const nodeRange = new Uint32Array([0, 2 * HASH_SIZE]);
 
 export function leafHash(canonicalBytes: Uint8Array): Buffer {
-  const needed = canonicalBytes.length + 1;
-  if (leafScratch.buffer.length < needed) leafScratch.buffer = Buffer.alloc(Math.max(needed, leafScratch.buffer.length * 2));
-  const scratch = leafScratch.buffer;
-  scratch[0] = 0x00;
-  scratch.set(canonicalBytes, 1);
-  return hash('sha256', scratch.subarray(0, needed), 'buffer');
+  const out = Buffer.allocUnsafe(HASH_SIZE);
+  oneRange[1] = canonicalBytes.length;
+  hashRanges(canonicalBytes, oneRange, 1, LEAF_PREFIX, out);
+  return out;
 }
 
 export function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
-  nodeScratch.set(left, 1);
-  nodeScratch.set(right, 1 + HASH_SIZE);
-  return hash('sha256', nodeScratch, 'buffer');
+  nodeScratch.set(left, 0);
+  nodeScratch.set(right, HASH_SIZE);
+  const out = Buffer.allocUnsafe(HASH_SIZE);
+  hashRanges(nodeScratch, nodeRange, 1, NODE_PREFIX, out);
+  return out;
+}
+
+/** Leaf hashes of `count` entries lying at `ranges` (start, end pairs) of `buffer`, back to back. */
+export function leafHashes(buffer: Uint8Array, ranges: Uint32Array, count: number): Buffer {
+  const out = Buffer.allocUnsafe(count * HASH_SIZE);
+  hashRanges(buffer, ranges, count, LEAF_PREFIX, out);
+  return out;
+}
+
+/** The parents of `count` sibling pairs laid out as left ‖ right, 64 bytes each, in one batch. */
+function parentHashes(pairs: Buffer, count: number): Buffer {
+  const ranges = new Uint32Array(2 * count);
+  for (let i = 0; i < count; i++) {
+    ranges[2 * i] = i * 2 * HASH_SIZE;
+    ranges[2 * i + 1] = (i + 1) * 2 * HASH_SIZE;
+  }
+  const out = Buffer.allocUnsafe(count * HASH_SIZE);
+  hashRanges(pairs, ranges, count, NODE_PREFIX, out);
+  return out;
 }
 
 /** The largest power of two strictly smaller than n (n ≥ 2). */
@@ -49,10 +71,20 @@ class HashArray {
   length = 0;
 
   push(value: Uint8Array): void {
-    const chunkIndex = Math.floor(this.length / HashArray.CHUNK);
-    if (chunkIndex === this.chunks.length) this.chunks.push(Buffer.allocUnsafe(HashArray.CHUNK * HASH_SIZE));
-    (this.chunks[chunkIndex] as Buffer).set(value, (this.length % HashArray.CHUNK) * HASH_SIZE);
-    this.length++;
+    this.pushAll(value, 1);
+  }
+
+  /** Appends `count` hashes stored back to back in `values`, copying whole runs at a time. */
+  pushAll(values: Uint8Array, count: number): void {
+    for (let done = 0; done < count;) {
+      const chunkIndex = Math.floor(this.length / HashArray.CHUNK);
+      if (chunkIndex === this.chunks.length) this.chunks.push(Buffer.allocUnsafe(HashArray.CHUNK * HASH_SIZE));
+      const slot = this.length % HashArray.CHUNK;
+      const run = Math.min(count - done, HashArray.CHUNK - slot);
+      (this.chunks[chunkIndex] as Buffer).set(values.subarray(done * HASH_SIZE, (done + run) * HASH_SIZE), slot * HASH_SIZE);
+      this.length += run;
+      done += run;
+    }
   }
 
   get(index: number): Buffer {
@@ -92,6 +124,37 @@ export class MerkleTree {
     }
     this.frontier[level] = node;
     this.count++;
+  }
+
+  /**
+   * Adds `count` leaf hashes (32 bytes each, back to back) as `append` would one by one, hashing each level's new
+   * parents in one batch. The tree keeps views of `leaves`, so the caller must not reuse its memory.
+   */
+  appendLeaves(leaves: Buffer, count: number): void {
+    let nodes = leaves;
+    let start = this.count; // index, within its level, of the first node in `nodes`
+    let n = count;
+    for (let level = 0; n > 0; level++) {
+      this.keep(level, nodes, n);
+      // A node with an even index waits for its right sibling; one with an odd index completes a parent.
+      const pending = this.frontier[level];
+      const first = start % 2 === 1 ? 1 : 0; // nodes[0] pairs with the pending left sibling
+      const pairs = Math.floor((n - first) / 2) + first;
+      const buffer = Buffer.allocUnsafe(pairs * 2 * HASH_SIZE);
+      let p = 0;
+      if (first === 1) {
+        buffer.set(pending as Buffer, 0);
+        buffer.set(nodes.subarray(0, HASH_SIZE), HASH_SIZE);
+        p = 1;
+      }
+      const paired = first + 2 * (pairs - first); // nodes consumed by complete pairs
+      nodes.copy(buffer, p * 2 * HASH_SIZE, first * HASH_SIZE, paired * HASH_SIZE);
+      this.frontier[level] = paired < n ? nodes.subarray(paired * HASH_SIZE, (paired + 1) * HASH_SIZE) : undefined;
+      nodes = pairs > 0 ? parentHashes(buffer, pairs) : Buffer.alloc(0);
+      start = Math.floor(start / 2);
+      n = pairs;
+    }
+    this.count += count;
   }
 
   /** Root hash of the first `size` leaves (RFC 6962 MTH(D[0:size])). */
@@ -161,12 +224,13 @@ export class MerkleTree {
     if (!Number.isSafeInteger(size) || size < 0 || size > this.count) throw new LedgerError('INVALID_ARGUMENT', `tree size ${size} outside 0..${this.count}`);
   }
 
-  private keep(level: number, node: Buffer): void {
+  private keep(level: number, nodes: Buffer, count = 1): void {
     if (level % MerkleTree.KEEP_EVERY !== 0) return;
     const stored = level / MerkleTree.KEEP_EVERY;
     while (this.levels.length <= stored) this.levels.push(new HashArray());
-    (this.levels[stored] as HashArray).push(node);
+    (this.levels[stored] as HashArray).pushAll(nodes, count);
   }
+
 
   /** Hash of the complete subtree of height `level` whose leftmost leaf is index·2^level. */
   private node(level: number, index: number): Buffer {

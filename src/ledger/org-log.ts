@@ -272,9 +272,11 @@ export class OrgLog {
     segment.info.entryCount += entries;
     let index = firstIndex;
     for (const { batch, resolve } of pending) {
-      for (const leaf of batch.leaves) this.tree.append(leaf);
+      const count = batch.count;
+      this.tree.appendLeaves(batch.leafHashes(), count);
+      batch.recycle();
       resolve({ firstIndex: index, treeSize: firstIndex + entries });
-      index += batch.count;
+      index += count;
     }
   }
 

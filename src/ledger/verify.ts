@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
@@ -12,11 +13,17 @@ import { parseVerifierKey, type NoteVerifier } from './note.ts';
 import { CHECKPOINT_HISTORY, readCheckpointHistory } from './org-log.ts';
 import { scanSegmentBytes, segmentFirstIndex, type RecordProblem } from './segment.ts';
 
+/** Each worker thread costs about a quarter of a second of CPU to start (it loads the sources through tsx). */
+const PARALLEL_FROM = 500_000;
+
 export interface VerifyOptions {
   onProgress?: (done: number, total: number) => void;
   /** Verifier key string or a file holding one; default: the key stored beside the data (trust it only if you trust the directory). */
   verifierKey?: string;
-  /** Worker threads that hash segments of a data dir in parallel (default: one per core; 0 scans in process). */
+  /**
+   * Worker threads that hash segments of a data dir in parallel (0 scans in process). Default: one per core when
+   * the checkpoints name at least `PARALLEL_FROM` entries; below that, starting the threads costs more than they save.
+   */
   workers?: number;
 }
 
@@ -67,7 +74,7 @@ export async function verifyDataDir(dir: string, options: VerifyOptions = {}): P
       total += checkpoints.at(-1)?.treeSize ?? 0;
     }
     const progress = progressReporter(options, report, () => Math.max(total, report.entries));
-    const pool = new ScanPool(options.workers);
+    const pool = new ScanPool(options.workers ?? (total >= PARALLEL_FROM ? availableParallelism() : 0));
     try {
       for (const org of orgs) {
         report.organizations.push(await verifyOrgDir(join(dir, 'orgs', org), org, histories.get(org) ?? [], report, progress, pool));

@@ -1,0 +1,46 @@
+import { hash } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { componentLogger } from '../telemetry/index.ts';
+
+/**
+ * SHA-256 of many ranges of one buffer, each behind a one-byte prefix (0x00 for leaves, 0x01 for nodes):
+ * `out[32·i …] = SHA-256(prefix ‖ buffer[ranges[2i], ranges[2i+1]))`. The native addon (native/hash.c, built by
+ * `npm install`) does a whole batch in one call with the system's libcrypto; without it, node:crypto does the same
+ * one digest at a time. Both give the same bytes (the tests compare them).
+ */
+export type HashRanges = (buffer: Uint8Array, ranges: Uint32Array, count: number, prefix: number, out: Uint8Array) => void;
+
+interface NativeDigest {
+  hashRanges: HashRanges;
+  digestSource: string;
+}
+
+const DIGEST_BYTES = 32;
+let prefixed = Buffer.alloc(64 * 1024);
+
+export const hashRangesPortable: HashRanges = (buffer, ranges, count, prefix, out) => {
+  for (let i = 0; i < count; i++) {
+    const start = ranges[2 * i] as number, end = ranges[2 * i + 1] as number;
+    if (start > end || end > buffer.length) throw new RangeError('a range lies outside the buffer');
+    if (prefixed.length < end - start + 1) prefixed = Buffer.alloc(Math.max(end - start + 1, prefixed.length * 2));
+    prefixed[0] = prefix;
+    prefixed.set(buffer.subarray(start, end), 1);
+    out.set(hash('sha256', prefixed.subarray(0, end - start + 1), 'buffer'), i * DIGEST_BYTES);
+  }
+};
+
+function loadNative(): NativeDigest | undefined {
+  if (process.env['CUSTOS_PORTABLE_DIGEST'] === '1') return undefined;
+  try {
+    return createRequire(import.meta.url)('../../build/Release/custos_hash.node') as NativeDigest;
+  } catch (err) {
+    componentLogger('ledger').info({ err: (err as Error).message }, 'native batch hashing not built (npm install builds it); hashing with node:crypto');
+    return undefined;
+  }
+}
+
+const native = loadNative();
+
+export const hashRanges: HashRanges = native?.hashRanges ?? hashRangesPortable;
+/** Which SHA-256 the ledger uses: `libcrypto.so.3` (native, system library), `node` (native, Node's own), or `node:crypto`. */
+export const digestImplementation: string = native ? native.digestSource : 'node:crypto';
