@@ -22,7 +22,7 @@ export interface QueryAudit {
 
 type Header = DataProxyAuditEvent['header'];
 
-/** What varies between two events of one template: a fresh id and time, the session, the query text. */
+/** An event's fresh id and time, shared by its file line and its LogEntry. */
 export interface EventStamp {
   id: string;
   eventTime: string;
@@ -53,7 +53,7 @@ export interface LineTemplate {
 let lastMillis = 0;
 let lastTime = '';
 /** ISO-8601 now; one Date formatting per millisecond however many events share it. */
-export function eventTimeNow(): string {
+function eventTimeNow(): string {
   const now = Date.now();
   if (now !== lastMillis) {
     lastMillis = now;
@@ -69,7 +69,7 @@ export function newStamp(): EventStamp {
 export class AuditEvents {
   /** requestData depends only on the tables a (cached) rewrite reads: built once per rewrite, shared read-only. */
   private readonly requestDataCache = new WeakMap<TablePlan[], Record<string, unknown>>();
-  /** policy.resolution lines by the (cached) rewrite they report; see `policyResolvedLine`. */
+  /** policy.resolution line templates by the (cached) rewrite they report; see `policyResolvedTemplate`. */
   private readonly lineTemplates = new WeakMap<object, LineTemplate>();
 
   constructor(private readonly config: DataProxyConfig) {}

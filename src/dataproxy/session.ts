@@ -154,19 +154,9 @@ export class Session {
       if (type === 0x46 /* F */ || type === 0x58 /* X */) {
         if (offset > from) this.outbox.push(chunk.subarray(from, offset));
         from = end;
-        let pending: Promise<void> | void;
-        try {
-          pending = this.query({ type: String.fromCharCode(type), raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) });
-        } catch (err) {
-          this.fatal('08P01', (err as Error).message);
-          return;
-        }
+        // Neither waits: a FunctionCall is refused or forwarded, a Terminate closes the session.
+        void this.query({ type: String.fromCharCode(type), raw: chunk.subarray(offset, end), body: chunk.subarray(offset + 5, end) });
         if (this.phase === 'closed') return;
-        if (pending) {
-          this.pause(pending);
-          if (end < chunk.length) this.onClientData(chunk.subarray(end));
-          return;
-        }
       }
       offset = end;
     }
@@ -434,7 +424,7 @@ export class Session {
     return text === undefined ? this.cachedRewrite(sql, resolution, version, mayRefresh) : { ok: true, result: o.result, sql: text };
   }
 
-  private statements = new Map<string, Outcome>();
+  private readonly statements = new Map<string, Outcome>();
   private statementsVersion = -1;
   private statementsGeneration = -1;
 
