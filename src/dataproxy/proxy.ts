@@ -76,7 +76,7 @@ export interface ProxyContext {
   cache: BoundedCache<unknown>;
   tls: SecureContext | undefined;
   emit(event: DataProxyAuditEvent, categories: string[]): void;
-  /** A query's SUCCESS policy.resolution event; `key` is the cached rewrite it reports (see `policyResolvedLine`). */
+  /** A query's SUCCESS policy.resolution event; `key` is the cached rewrite it reports (see `policyResolvedTemplate`). */
   policyResolved(who: Principal, correlationId: string, q: QueryAudit, key: object, categories: string[]): void;
   resolve(policies: PolicyConfig[], who: Principal): Resolution;
   rewriteContext(resolution: Resolution, who: Principal, policyVersion: number): RewriteContext;

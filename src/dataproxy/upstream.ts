@@ -31,9 +31,10 @@ export interface Upstream {
   open(parameters: Record<string, string>): Promise<UpstreamSession>;
 }
 
-/** Start-up parameters a client may pass through. `options` is not among them: it could set search_path. */
+/** Upstream read buffer: Node's own size for a stream read. */
 const READ_BYTES = 64 * 1024;
 
+/** Start-up parameters a client may pass through. `options` is not among them: it could set search_path. */
 export const FORWARDED_PARAMETERS = new Set(['application_name', 'client_encoding', 'DateStyle', 'datestyle', 'TimeZone', 'timezone', 'extra_float_digits', 'IntervalStyle', 'intervalstyle']);
 
 export class PostgresUpstream implements Upstream {
