@@ -2,7 +2,8 @@
  * `custos egress` side by side with Squid, tinyproxy and HAProxy (TCP mode) on loopback, in one run:
  *   1. bulk throughput through one tunnel (HAProxy in TCP mode is the raw-forwarding reference),
  *   2. new tunnels per second (CONNECT + a small request and reply) with 64 concurrent clients,
- *   3. added latency p50/p99 at 500 tunnels/s (open loop), against connecting to the origin directly.
+ *   3. added latency p50/p99 at 500 tunnels/s (open loop), against the same exchange straight to the origin,
+ *      interleaved with it.
  * Every proxy runs as its own process with a config written to a temp dir; the origin is a separate process.
  * Bounded: fixed byte counts and durations. Run: node --import tsx bench/egress-proxies.ts [--quick]
  */
@@ -272,22 +273,40 @@ async function tunnelsPerSecond(peer: Peer, originPort: number, seconds: number)
   return { rate: done / ((Date.now() - started) / 1000), errors, cpuUsPerTunnel: ((cpuMs(peer.child.pid!) - cpuBefore) * 1000) / Math.max(1, done) };
 }
 
-async function latencyAtRate(peer: Peer | undefined, originPort: number): Promise<{ p50: number; p99: number; errors: number }> {
-  const latencies: number[] = [];
+interface Percentiles {
+  p50: number;
+  p99: number;
+}
+
+function percentiles(latencies: number[]): Percentiles {
+  latencies.sort((a, b) => a - b);
+  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
+  return { p50: at(0.5), p99: at(0.99) };
+}
+
+/**
+ * Tunnels through the peer at LATENCY_RATE in open loop, interleaved half an interval apart with the same exchange
+ * straight to the origin at the same rate, so both see the same moments of a shared machine (a direct run taken
+ * before or after drifts with other load, and its p99 with it).
+ */
+async function latencyAtRate(peer: Peer, originPort: number): Promise<Percentiles & { errors: number; direct: Percentiles }> {
+  const proxied: number[] = [];
+  const direct: number[] = [];
   let errors = 0;
   const interval = 1000 / LATENCY_RATE;
   const started = performance.now();
   const pending: Promise<void>[] = [];
-  for (let i = 0; i < LATENCY_COUNT; i++) {
-    const due = started + i * interval;
+  const launch = async (due: number, via: Peer | undefined, into: number[]): Promise<void> => {
     const wait = due - performance.now();
-    if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    pending.push(tunnelOnce(peer, originPort).then((ms) => void latencies.push(ms), () => void errors++));
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    pending.push(tunnelOnce(via, originPort).then((ms) => void into.push(ms), () => void errors++));
+  };
+  for (let i = 0; i < LATENCY_COUNT; i++) {
+    await launch(started + i * interval, peer, proxied);
+    await launch(started + (i + 0.5) * interval, undefined, direct);
   }
   await Promise.all(pending);
-  latencies.sort((a, b) => a - b);
-  const at = (q: number): number => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
-  return { p50: at(0.5), p99: at(0.99), errors };
+  return { ...percentiles(proxied), errors, direct: percentiles(direct) };
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -327,12 +346,8 @@ async function main(): Promise<void> {
   );
 
   process.stderr.write('latency at 500 tunnels/s…\n');
-  // Each peer is paired with a direct run just before it, so load drifting on a shared machine cancels out.
-  const latency: Record<string, { p50: number; p99: number; errors: number; direct: { p50: number; p99: number } }> = {};
-  for (const peer of [...peers, haproxyReply]) {
-    const direct = await latencyAtRate(undefined, origin.reply);
-    latency[peer.name] = { ...(await latencyAtRate(peer, origin.reply)), direct };
-  }
+  const latency: Record<string, Percentiles & { errors: number; direct: Percentiles }> = {};
+  for (const peer of [...peers, haproxyReply]) latency[peer.name] = await latencyAtRate(peer, origin.reply);
 
   const ours = 'custos egress';
   const lines = [
