@@ -56,6 +56,7 @@ let next = 0;
 let stored = 0;
 const latencies: number[] = [];
 const cpuBefore = await serverCpuSeconds();
+const clientCpuBefore = process.cpuUsage();
 const started = performance.now();
 await Promise.all(
   Array.from({ length: clients }, async () => {
@@ -72,6 +73,7 @@ await Promise.all(
 );
 const seconds = (performance.now() - started) / 1000;
 const serverCpu = (await serverCpuSeconds()) - cpuBefore;
+const clientCpu = process.cpuUsage(clientCpuBefore);
 latencies.sort((a, b) => a - b);
 // The index follows the ledger on its own thread; a list call waits for it, so this is how far it trailed.
 const listStarted = performance.now();
@@ -89,4 +91,5 @@ console.log(`| entries stored durably | ${stored.toLocaleString('en-US')} (avg $
 console.log(`| entries/s | **${rate.toLocaleString('en-US')}** (target ≥ 50,000) |`);
 console.log(`| index caught up with the last entry | ${indexTrail.toFixed(1)} s after the last acknowledgement (${found === 1 ? 'found' : 'NOT found'}) |`);
 console.log(`| server CPU per entry (all threads) | ${((serverCpu / stored) * 1e6).toFixed(1)} µs until the last acknowledgement, ${((serverCpuAfterIndex / stored) * 1e6).toFixed(1)} µs with the index caught up |`);
+console.log(`| client CPU per entry (this process: HTTP, sending, reading replies) | ${((clientCpu.user + clientCpu.system) / stored).toFixed(1)} µs |`);
 console.log(`| batch latency p50 / p99 | ${latencies[Math.floor(latencies.length / 2)]!.toFixed(1)} ms / ${latencies[Math.floor(latencies.length * 0.99)]!.toFixed(1)} ms |`);

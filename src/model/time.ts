@@ -11,18 +11,20 @@ export interface ParsedTimestamp {
   nanos: number;
 }
 
-// Entries come in bursts stamped within the same second: the last UTC second parsed is kept, so a timestamp that
-// shares it costs one short match instead of a full parse and a Date round trip.
-let lastSecondText = '';
-let lastEpochSeconds = 0;
+// Entries come in bursts stamped within the same second: the last two UTC seconds parsed are kept (an entry has two
+// timestamps, its own and the time it was received), so a timestamp that shares one costs a short match instead of
+// a full parse and a Date round trip.
+const recentSeconds = [{ text: '', epochSeconds: 0 }, { text: '', epochSeconds: 0 }];
+let nextRecent = 0;
 const FRACTION_UTC = /^(?:\.(\d{1,9})\d*)?[Zz]$/;
 /** What `formatTimestamp` writes: UTC, upper-case T and Z, a fraction of at most nine digits without trailing zeros. */
 const CANONICAL_UTC = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(?:\.\d{0,8}[1-9])?Z$/;
 
 export function parseTimestamp(text: string): ParsedTimestamp | undefined {
-  if (lastSecondText !== '' && text.startsWith(lastSecondText)) {
+  for (const recent of recentSeconds) {
+    if (recent.text === '' || !text.startsWith(recent.text)) continue;
     const fraction = FRACTION_UTC.exec(text.slice(19));
-    if (fraction) return { epochSeconds: lastEpochSeconds, nanos: fraction[1] ? Number(fraction[1].padEnd(9, '0')) : 0 };
+    if (fraction) return { epochSeconds: recent.epochSeconds, nanos: fraction[1] ? Number(fraction[1].padEnd(9, '0')) : 0 };
   }
   const m = RFC3339.exec(text);
   if (!m) return undefined;
@@ -40,8 +42,8 @@ export function parseTimestamp(text: string): ParsedTimestamp | undefined {
   const epochSeconds = base / 1000 - offsetMinutes * 60;
   const nanos = frac ? Number(frac.padEnd(9, '0')) : 0;
   if (offsetMinutes === 0 && second < 60) {
-    lastSecondText = text.slice(0, 19);
-    lastEpochSeconds = epochSeconds;
+    recentSeconds[nextRecent] = { text: text.slice(0, 19), epochSeconds };
+    nextRecent = 1 - nextRecent;
   }
   return { epochSeconds, nanos };
 }

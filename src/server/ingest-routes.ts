@@ -14,8 +14,7 @@ export async function ingestRoutes(app: FastifyInstance, options: { service: Ing
     async (request) => {
       const org = organizationOf(request, request.query.organization);
       const body = request.body instanceof Buffer ? request.body : Buffer.alloc(0);
-      const entries = parseWriteBody(body, options.limits);
-      const result = await options.service.write(org, entries);
+      const result = await options.service.write(org, parseWriteBody(body, options.limits));
       return { organization: org, ...result };
     },
   );
