@@ -1,5 +1,6 @@
 import { hash } from 'node:crypto';
 import { createRequire } from 'node:module';
+import { crc32 } from 'node:zlib';
 import { componentLogger } from '../telemetry/index.ts';
 
 /**
@@ -10,8 +11,12 @@ import { componentLogger } from '../telemetry/index.ts';
  */
 export type HashRanges = (buffer: Uint8Array, ranges: Uint32Array, count: number, prefix: number, out: Uint8Array) => void;
 
+/** `out[i]` = CRC-32 (zlib's) of `buffer[ranges[2i], ranges[2i+1])`: the record checksums of a batch in one call. */
+export type Crc32Ranges = (buffer: Uint8Array, ranges: Uint32Array, count: number, out: Uint32Array) => void;
+
 interface NativeDigest {
   hashRanges: HashRanges;
+  crc32Ranges?: Crc32Ranges;
   digestSource: string;
 }
 
@@ -29,6 +34,14 @@ export const hashRangesPortable: HashRanges = (buffer, ranges, count, prefix, ou
   }
 };
 
+export const crc32RangesPortable: Crc32Ranges = (buffer, ranges, count, out) => {
+  for (let i = 0; i < count; i++) {
+    const start = ranges[2 * i] as number, end = ranges[2 * i + 1] as number;
+    if (start > end || end > buffer.length) throw new RangeError('a range lies outside the buffer');
+    out[i] = crc32(buffer.subarray(start, end));
+  }
+};
+
 function loadNative(): NativeDigest | undefined {
   if (process.env['CUSTOS_PORTABLE_DIGEST'] === '1') return undefined;
   try {
@@ -42,5 +55,6 @@ function loadNative(): NativeDigest | undefined {
 const native = loadNative();
 
 export const hashRanges: HashRanges = native?.hashRanges ?? hashRangesPortable;
+export const crc32Ranges: Crc32Ranges = native?.crc32Ranges ?? crc32RangesPortable;
 /** Which SHA-256 the ledger uses: `libcrypto.so.3` (native, system library), `node` (native, Node's own), or `node:crypto`. */
 export const digestImplementation: string = native ? native.digestSource : 'node:crypto';

@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { digestImplementation, hashRanges, hashRangesPortable } from './digest.ts';
+import { crc32 } from 'node:zlib';
+import { crc32Ranges, crc32RangesPortable, digestImplementation, hashRanges, hashRangesPortable } from './digest.ts';
 import { CompactRange, leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 
 interface Vectors {
@@ -47,6 +48,18 @@ describe('batched hashing', () => {
     }
     for (const implementation of [hashRanges, hashRangesPortable]) {
       assert.throws(() => implementation(buffer, new Uint32Array([10, 5001]), 1, 0, Buffer.alloc(32)), /outside the buffer/);
+    }
+  });
+
+  it('the native batch CRC-32 and zlib.crc32 give the same checksums', () => {
+    const buffer = Buffer.from(Array.from({ length: 5000 }, (_, i) => (i * 31337) % 256));
+    const spans = [[0, 0], [0, 1], [3, 700], [1000, 1064], [4000, 5000]] as const;
+    const expected = spans.map(([a, b]) => crc32(buffer.subarray(a, b)));
+    for (const implementation of [crc32Ranges, crc32RangesPortable]) {
+      const out = new Uint32Array(spans.length);
+      implementation(buffer, new Uint32Array(spans.flat()), spans.length, out);
+      assert.deepEqual([...out], expected);
+      assert.throws(() => implementation(buffer, new Uint32Array([0, 5001]), 1, new Uint32Array(1)), /outside the buffer/);
     }
   });
 
