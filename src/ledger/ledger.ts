@@ -11,6 +11,7 @@ import { syncDirectory } from './fsutil.ts';
 import { loadOrCreateSigner, type LedgerMeta } from './keys.ts';
 import { EMPTY_ROOT } from './merkle.ts';
 import { verifierKeyString, type NoteSigner } from './note.ts';
+import { digestImplementation } from './digest.ts';
 import { OrgLog } from './org-log.ts';
 import { ScanPool } from './scan-pool.ts';
 import { RecordBatch, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES } from './segment.ts';
@@ -101,6 +102,7 @@ export class Ledger {
     const target = options.archive ? archiveTargetOf(options.archive.target) : undefined;
     const ledger = new Ledger(dir, signer, meta, options, target);
     ledger.unlock = unlock;
+    log.info({ dir, digest: digestImplementation }, 'ledger opening');
     const orgs = (await readdir(join(dir, 'orgs'), { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
     orgs.forEach(assertOrganization);
     // Rebuilding the trees re-hashes every entry: worth worker threads once there is more than a little data.
