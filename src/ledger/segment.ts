@@ -71,6 +71,7 @@ export class RecordBatch {
   private buffer: Buffer;
   private used = 0;
   private records = 0;
+  private leaves: Buffer | undefined;
   /** Start and end of each payload in `buffer`. */
   private ranges: Uint32Array;
 
@@ -101,6 +102,7 @@ export class RecordBatch {
       bigger.set(this.ranges);
       this.ranges = bigger;
     }
+    this.leaves = undefined;
     this.ranges[2 * this.records] = start;
     this.ranges[2 * this.records + 1] = start + length;
     this.records++;
@@ -114,11 +116,16 @@ export class RecordBatch {
     this.buffer = Buffer.alloc(0);
     this.used = 0;
     this.records = 0;
+    this.leaves = undefined;
   }
 
-  /** The Merkle leaf hash of every record, in order, 32 bytes each (one batch for the whole append). */
+  /**
+   * The Merkle leaf hash of every record, in order, 32 bytes each, hashed in one batch when first asked for: the
+   * ledger asks before queueing the batch, so the hashing overlaps the fsync of the batches ahead of it.
+   */
   leafHashes(): Buffer {
-    return leafHashes(this.buffer, this.ranges, this.records);
+    this.leaves ??= leafHashes(this.buffer, this.ranges, this.records);
+    return this.leaves;
   }
 
   private reserve(bytes: number): void {
