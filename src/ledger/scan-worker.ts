@@ -2,7 +2,7 @@
 // either its leaf hashes (to rebuild a ledger's tree on open) or, for verification, the compact ranges between
 // the checkpoint sizes that fall inside it, which the caller joins in order with O(log n) work each.
 import { parentPort } from 'node:worker_threads';
-import { CompactRange, HASH_SIZE, leafHash } from './merkle.ts';
+import { CompactRange, HASH_SIZE, leafHashes } from './merkle.ts';
 import { scanSegment, type SegmentScan } from './segment.ts';
 
 export interface SegmentJob {
@@ -23,14 +23,16 @@ export interface ScannedLeaves {
 export async function scanSegmentLeaves(path: string, firstIndex: number): Promise<ScannedLeaves> {
   let leaves = Buffer.allocUnsafe(64 * 1024 * HASH_SIZE);
   let count = 0;
-  const scan = await scanSegment(path, firstIndex, (_index, payload) => {
-    if ((count + 1) * HASH_SIZE > leaves.length) {
-      const bigger = Buffer.allocUnsafe(leaves.length * 2);
-      leaves.copy(bigger, 0, 0, count * HASH_SIZE);
-      leaves = bigger;
-    }
-    leafHash(payload).copy(leaves, count * HASH_SIZE);
-    count++;
+  const scan = await scanSegment(path, firstIndex, {
+    run: (chunk, ranges, n) => {
+      if ((count + n) * HASH_SIZE > leaves.length) {
+        const bigger = Buffer.allocUnsafe(Math.max(leaves.length * 2, (count + n) * HASH_SIZE));
+        leaves.copy(bigger, 0, 0, count * HASH_SIZE);
+        leaves = bigger;
+      }
+      leafHashes(chunk, ranges, n).copy(leaves, count * HASH_SIZE);
+      count += n;
+    },
   });
   const out = new Uint8Array(count * HASH_SIZE);
   out.set(leaves.subarray(0, count * HASH_SIZE));
@@ -55,15 +57,20 @@ export async function scanSegmentRanges(path: string, firstIndex: number, bounda
   let boundary = next < 0 ? Infinity : (boundaries[next] as number);
   let range = new CompactRange(firstIndex);
   let count = 0;
-  const scan = await scanSegment(path, firstIndex, (_index, payload) => {
-    range.appendLeaf(leafHash(payload));
-    count++;
-    if (range.end === boundary) {
-      ranges.push({ end: range.end, nodes: range.nodes() });
-      range = new CompactRange(range.end);
-      while (next >= 0 && next < boundaries.length && (boundaries[next] as number) <= range.end) next++;
-      boundary = next >= 0 && next < boundaries.length ? (boundaries[next] as number) : Infinity;
-    }
+  const scan = await scanSegment(path, firstIndex, {
+    run: (chunk, payloads, n) => {
+      const leaves = leafHashes(chunk, payloads, n);
+      for (let i = 0; i < n; i++) {
+        range.appendLeaf(leaves.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE));
+        count++;
+        if (range.end === boundary) {
+          ranges.push({ end: range.end, nodes: range.nodes() });
+          range = new CompactRange(range.end);
+          while (next >= 0 && next < boundaries.length && (boundaries[next] as number) <= range.end) next++;
+          boundary = next >= 0 && next < boundaries.length ? (boundaries[next] as number) : Infinity;
+        }
+      }
+    },
   });
   if (range.end > range.begin || ranges.length === 0) ranges.push({ end: range.end, nodes: range.nodes() });
   return { scan, count, ranges };

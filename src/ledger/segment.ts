@@ -1,5 +1,4 @@
 import { open } from 'node:fs/promises';
-import { crc32 } from 'node:zlib';
 import { crc32Ranges } from './digest.ts';
 import { leafHashes } from './merkle.ts';
 
@@ -171,6 +170,14 @@ export interface RecordProblem {
 }
 
 export type RecordVisitor = (index: number, payload: Buffer) => void;
+/**
+ * Receives the good records of one chunk at once: `count` payloads at `ranges` (start, end pairs) of `chunk`, with
+ * indexes from `firstIndex`. The views are only valid during the call.
+ */
+export type RecordRunVisitor = (chunk: Buffer, ranges: Uint32Array, count: number, firstIndex: number) => void;
+
+/** A per-record visitor, or `{ run }` for whole runs of records (batch hashing). */
+export type RecordVisitors = RecordVisitor | { run: RecordRunVisitor };
 
 export interface SegmentScan {
   header?: SegmentHeader;
@@ -188,37 +195,82 @@ interface ChunkScan {
   problem?: RecordProblem;
 }
 
+let checkRanges = new Uint32Array(2 * 4096);
+let payloadRanges = new Uint32Array(2 * 4096);
+let checksums = new Uint32Array(4096);
+
 /**
  * Walks the records in `chunk[0, filled)`, whose first byte is at file offset `base`. A record cut by the chunk's
- * end is left for the next chunk unless `final`, when it is a torn record.
+ * end is left for the next chunk unless `final`, when it is a torn record. The framing is walked first, then the
+ * checksums of every complete record are computed in one batch and compared in order; the good records before
+ * the first problem are visited, then the problem is returned.
  */
-function scanChunk(chunk: Buffer, filled: number, base: number, firstIndex: number, final: boolean, visit: RecordVisitor): ChunkScan {
+function scanChunk(chunk: Buffer, filled: number, base: number, firstIndex: number, final: boolean, visit: RecordVisitors): ChunkScan {
   let offset = 0;
-  let nextIndex = firstIndex;
-  const problemAt = (code: RecordProblem['code'], reason: string, incomplete: boolean): ChunkScan => ({
-    consumed: offset, nextIndex, problem: { code, offset: base + offset, index: nextIndex, reason, incomplete },
+  let count = 0;
+  let framing: ChunkScan | undefined;
+  const problemAt = (at: number, index: number, code: RecordProblem['code'], reason: string, incomplete: boolean): ChunkScan => ({
+    consumed: at, nextIndex: index, problem: { code, offset: base + at, index, reason, incomplete },
   });
   while (offset < filled) {
     const remaining = filled - offset;
     if (remaining < RECORD_HEADER_BYTES) {
-      return final ? problemAt('BAD_RECORD', `data ends inside a record header (${remaining} bytes)`, true) : { consumed: offset, nextIndex };
+      if (final) framing = problemAt(offset, firstIndex + count, 'BAD_RECORD', `data ends inside a record header (${remaining} bytes)`, true);
+      break;
     }
     const length = chunk.readUInt32BE(offset);
-    if (length > MAX_RECORD_BYTES) return problemAt('BAD_RECORD', `record length ${length} exceeds ${MAX_RECORD_BYTES}`, final);
+    if (length > MAX_RECORD_BYTES) {
+      framing = problemAt(offset, firstIndex + count, 'BAD_RECORD', `record length ${length} exceeds ${MAX_RECORD_BYTES}`, final);
+      break;
+    }
     const end = offset + RECORD_HEADER_BYTES + length;
     if (end > filled) {
-      return final ? problemAt('BAD_RECORD', `data ends inside a record (${remaining} of ${RECORD_HEADER_BYTES + length} bytes)`, true) : { consumed: offset, nextIndex };
+      if (final) framing = problemAt(offset, firstIndex + count, 'BAD_RECORD', `data ends inside a record (${remaining} of ${RECORD_HEADER_BYTES + length} bytes)`, true);
+      break;
     }
-    if (crc32(chunk.subarray(offset + 8, end)) !== chunk.readUInt32BE(offset + 4)) {
-      return problemAt('BAD_RECORD', 'record checksum mismatch', final && end === filled);
+    if (2 * count + 2 > checkRanges.length) {
+      checkRanges = grown(checkRanges);
+      payloadRanges = grown(payloadRanges);
+      checksums = grown(checksums);
     }
-    const index = readU64(chunk, offset + 8);
-    if (index !== nextIndex) return problemAt('SEQUENCE_GAP', `record holds entry ${index} where entry ${nextIndex} belongs`, false);
-    visit(index, chunk.subarray(offset + RECORD_HEADER_BYTES, end));
-    nextIndex++;
+    checkRanges[2 * count] = offset + 8; // the checksum covers the index and the payload
+    checkRanges[2 * count + 1] = end;
+    count++;
     offset = end;
   }
-  return { consumed: offset, nextIndex };
+  crc32Ranges(chunk, checkRanges, count, checksums);
+  let good = 0;
+  let problem: ChunkScan | undefined;
+  for (; good < count; good++) {
+    const start = checkRanges[2 * good] as number;
+    const end = checkRanges[2 * good + 1] as number;
+    const index = firstIndex + good;
+    if (checksums[good] !== chunk.readUInt32BE(start - 4)) {
+      problem = problemAt(start - 8, index, 'BAD_RECORD', 'record checksum mismatch', final && end === filled);
+      break;
+    }
+    const stored = readU64(chunk, start);
+    if (stored !== index) {
+      problem = problemAt(start - 8, index, 'SEQUENCE_GAP', `record holds entry ${stored} where entry ${index} belongs`, false);
+      break;
+    }
+    payloadRanges[2 * good] = start + 8;
+    payloadRanges[2 * good + 1] = end;
+  }
+  if (typeof visit === 'function') {
+    for (let i = 0; i < good; i++) visit(firstIndex + i, chunk.subarray(payloadRanges[2 * i] as number, payloadRanges[2 * i + 1] as number));
+  } else if (good > 0) {
+    visit.run(chunk, payloadRanges, good, firstIndex);
+  }
+  if (problem) return problem;
+  const consumed = good === 0 ? 0 : (checkRanges[2 * good - 1] as number);
+  return framing ?? { consumed, nextIndex: firstIndex + good };
+}
+
+function grown<T extends Uint32Array>(array: T): T {
+  const bigger = new Uint32Array(array.length * 2);
+  bigger.set(array);
+  return bigger as T;
 }
 
 function headerProblem(header: SegmentHeader | undefined, bytes: Buffer, expectedFirstIndex: number): RecordProblem | undefined {
@@ -233,7 +285,7 @@ function headerProblem(header: SegmentHeader | undefined, bytes: Buffer, expecte
 }
 
 /** Scans a whole segment held in memory (an archived object). */
-export function scanSegmentBytes(bytes: Buffer, expectedFirstIndex: number, visit: RecordVisitor): { nextIndex: number; problem?: RecordProblem } {
+export function scanSegmentBytes(bytes: Buffer, expectedFirstIndex: number, visit: RecordVisitors): { nextIndex: number; problem?: RecordProblem } {
   const header = decodeSegmentHeader(bytes.subarray(0, SEGMENT_HEADER_BYTES));
   const problem = headerProblem(header, bytes.subarray(0, SEGMENT_HEADER_BYTES), expectedFirstIndex);
   if (problem) return { nextIndex: expectedFirstIndex, problem };
@@ -246,7 +298,7 @@ export function scanSegmentBytes(bytes: Buffer, expectedFirstIndex: number, visi
  * Reads a segment file in large chunks and calls `visit` for every good record in order (the payload view is
  * only valid during the call). Stops at the first record that is torn, damaged or out of sequence.
  */
-export async function scanSegment(path: string, expectedFirstIndex: number, visit: RecordVisitor, chunkBytes = 8 * 1024 * 1024): Promise<SegmentScan> {
+export async function scanSegment(path: string, expectedFirstIndex: number, visit: RecordVisitors, chunkBytes = 8 * 1024 * 1024): Promise<SegmentScan> {
   const file = await open(path, 'r');
   try {
     const fileLength = (await file.stat()).size;
