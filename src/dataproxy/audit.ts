@@ -1,6 +1,7 @@
 /**
- * Seed 003's audit events, built field for field as its examples print them: `user.authentication` at login,
- * `policy.resolution` per query, FAILURE events for a wrong password, a failed policy retrieval and a refused query.
+ * Seed 003's audit events, built field for field as its examples print them: per query a `user.authentication` and
+ * a `policy.resolution` sharing a correlationId (the login's authentication event is the first query's), FAILURE
+ * events for a wrong password, a failed policy retrieval and a refused query.
  * The seed's examples differ by deployment (Kubernetes node vs data plane as target, verbose vs not); the rules
  * followed here are written beside each builder. Events are written as NDJSON and/or as LogEntries to the store.
  */
@@ -71,6 +72,8 @@ export class AuditEvents {
   private readonly requestDataCache = new WeakMap<TablePlan[], Record<string, unknown>>();
   /** policy.resolution line templates by the (cached) rewrite they report; see `policyResolvedTemplate`. */
   private readonly lineTemplates = new WeakMap<object, LineTemplate>();
+  /** user.authentication line templates by session principal; see `authenticationSucceededTemplate`. */
+  private readonly authenticationTemplates = new WeakMap<Principal, LineTemplate>();
 
   constructor(private readonly config: DataProxyConfig) {}
 
@@ -102,11 +105,12 @@ export class AuditEvents {
     return namespace || pod ? { source: { ...(namespace ? { namespace } : {}), ...(pod ? { pod } : {}) } } : {};
   }
 
-  authenticationSucceeded(who: Principal, correlationId: string): DataProxyAuditEvent {
+  /** At login, and again for each later query of the session (seed 003: two events per query). */
+  authenticationSucceeded(who: Principal, correlationId: string, stamp = newStamp()): DataProxyAuditEvent {
     const project = this.config.project.id;
     return {
       header: this.header('user.authentication', { id: who.id, typeURI: 'User', tenant: this.config.tenant },
-        { outcome: 'SUCCESS' }, { id: this.config.dataPlane.node ?? this.config.dataPlane.id, typeURI: 'service/compute' }),
+        { outcome: 'SUCCESS' }, { id: this.config.dataPlane.node ?? this.config.dataPlane.id, typeURI: 'service/compute' }, stamp),
       attachments: [{
         ...this.source(),
         correlationId,
@@ -178,13 +182,21 @@ export class AuditEvents {
     let template = this.lineTemplates.get(key);
     if (template && template.userId === who.id && template.userName === who.name) return template;
     const request = 'query' in q.request ? { query: slot('query') } : q.request;
-    const event = this.policyResolved(who, slot('correlationId'), { ...q, request }, { id: slot('id'), eventTime: slot('eventTime') });
-    const parts = (JSON.stringify(event) + '\n').split(SLOT_PATTERN);
-    const text = parts.filter((_, i) => i % 2 === 0).map((t) => Buffer.from(t, 'utf8'));
-    const slots = parts.filter((_, i) => i % 2 === 1) as LineTemplate['slots'];
-    const bytes = text.reduce((n, b) => n + b.length, 0);
-    template = { userId: who.id, userName: who.name, text, slots, bytes, hasQuery: slots.includes('query') };
+    template = lineTemplate(who, this.policyResolved(who, slot('correlationId'), { ...q, request }, { id: slot('id'), eventTime: slot('eventTime') }));
     this.lineTemplates.set(key, template);
+    return template;
+  }
+
+  /**
+   * The template of `authenticationSucceeded`'s NDJSON line for a session's principal, made at its second query:
+   * only the id, time and correlationId vary from one query to the next.
+   */
+  authenticationSucceededTemplate(who: Principal): LineTemplate {
+    let template = this.authenticationTemplates.get(who);
+    if (!template) {
+      template = lineTemplate(who, this.authenticationSucceeded(who, slot('correlationId'), { id: slot('id'), eventTime: slot('eventTime') }));
+      this.authenticationTemplates.set(who, template);
+    }
     return template;
   }
 
@@ -253,6 +265,15 @@ export class AuditEvents {
       rlacFilterBehaviour: this.config.rlacFilterBehaviour,
     };
   }
+}
+
+/** An event built with slot placeholders, serialised as its file line and cut at the slots. */
+function lineTemplate(who: Principal, event: DataProxyAuditEvent): LineTemplate {
+  const parts = (JSON.stringify(event) + '\n').split(SLOT_PATTERN);
+  const text = parts.filter((_, i) => i % 2 === 0).map((t) => Buffer.from(t, 'utf8'));
+  const slots = parts.filter((_, i) => i % 2 === 1) as LineTemplate['slots'];
+  const bytes = text.reduce((n, b) => n + b.length, 0);
+  return { userId: who.id, userName: who.name, text, slots, bytes, hasQuery: slots.includes('query') };
 }
 
 function single(t: SingleFieldTransformationConfig): SingleFieldTransformation {
@@ -328,7 +349,7 @@ export class AuditLog {
     this.written();
   }
 
-  /** A line from its template: the template's bytes with the stamp, the session's correlationId and the query between. */
+  /** A line from its template: the template's bytes with the stamp, the correlationId and the query between. */
   templated(t: LineTemplate, stamp: EventStamp, correlationId: string, query: string): void {
     // An upper bound: a UTF-16 unit is at most 6 bytes in JSON (`\u001f`), plus the quotes.
     this.reserve(t.bytes + t.slots.length * (2 + 6 * Math.max(stamp.id.length, stamp.eventTime.length, correlationId.length, t.hasQuery ? query.length : 0)));

@@ -38,6 +38,9 @@ function countFor(action: string, outcome: string): EventCount {
   return c;
 }
 const resolvedCount = countFor('policy.resolution', 'SUCCESS');
+const authenticatedCount = countFor('user.authentication', 'SUCCESS');
+/** A query's authentication is a check, not a login: the login's own event carries `userLogin`. */
+const QUERY_AUTHENTICATION_CATEGORIES = ['authenticationCheck'];
 
 new Counter({
   name: 'custos_dataproxy_audit_events_total',
@@ -78,6 +81,8 @@ export interface ProxyContext {
   emit(event: DataProxyAuditEvent, categories: string[]): void;
   /** A query's SUCCESS policy.resolution event; `key` is the cached rewrite it reports (see `policyResolvedTemplate`). */
   policyResolved(who: Principal, correlationId: string, q: QueryAudit, key: object, categories: string[]): void;
+  /** The SUCCESS user.authentication event of a query after the session's first (see `Session.queryCorrelationId`). */
+  queryAuthenticated(who: Principal, correlationId: string): void;
   resolve(policies: PolicyConfig[], who: Principal): Resolution;
   rewriteContext(resolution: Resolution, who: Principal, policyVersion: number): RewriteContext;
 }
@@ -157,6 +162,12 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
       const stamp = newStamp();
       if (audit.writesLines) audit.templated(events.policyResolvedTemplate(who, q, key), stamp, correlationId, 'query' in q.request ? q.request.query : '');
       if (audit.writesEntries) audit.entry(events.policyResolved(who, correlationId, q, stamp), categories);
+    },
+    queryAuthenticated(who, correlationId) {
+      authenticatedCount.count++;
+      const stamp = newStamp();
+      if (audit.writesLines) audit.templated(events.authenticationSucceededTemplate(who), stamp, correlationId, '');
+      if (audit.writesEntries) audit.entry(events.authenticationSucceeded(who, correlationId, stamp), QUERY_AUTHENTICATION_CATEGORIES);
     },
     resolve: (list, who) => resolvePolicies(list, who, config.rlacFilterBehaviour),
     rewriteContext(resolution, who, version): RewriteContext {

@@ -63,7 +63,8 @@ export class Session {
   private userName = '';
   private principal: Principal | undefined;
   private upstream: UpstreamSession | undefined;
-  private readonly correlationId = randomUUID();
+  /** The login event's correlationId, until the session's first query takes it (see `queryCorrelationId`). */
+  private loginCorrelationId: string | undefined = randomUUID();
   private resolution: { version: number; value: Resolution } | undefined;
   /** Marker → the ErrorResponse that replaces upstream's error for it (see the file comment). */
   private readonly refusals = new Map<string, Buffer>();
@@ -282,7 +283,7 @@ export class Session {
       this.fatal('28P01', `password authentication failed for user "${this.userName}"`);
       return;
     }
-    this.ctx.emit(this.ctx.events.authenticationSucceeded(this.principal, this.correlationId), ['authenticationCheck', 'userLogin']);
+    this.ctx.emit(this.ctx.events.authenticationSucceeded(this.principal, this.loginCorrelationId!), ['authenticationCheck', 'userLogin']);
     this.phase = 'connecting';
     return this.connectUpstream();
   }
@@ -357,7 +358,7 @@ export class Session {
   }
 
   /**
-   * Emits the policy.resolution event, then forwards the Query or Parse (its own bytes when the text is unchanged)
+   * Emits the statement's events, then forwards the Query or Parse (its own bytes when the text is unchanged)
    * or its refusal.
    */
   private forward(m: Message, parse: Parse | undefined, sql: string, outcome: Outcome): void {
@@ -365,24 +366,41 @@ export class Session {
   }
 
   /**
-   * Emits the statement's event and returns what goes upstream instead of the Query or Parse: undefined when its
-   * own bytes go as they are.
+   * Emits the statement's events (its user.authentication, then its policy.resolution) and returns what goes
+   * upstream instead of the Query or Parse: undefined when its own bytes go as they are.
    */
   private decide(parse: Parse | undefined, sql: string, outcome: Outcome): Buffer | undefined {
     const who = this.principal!;
+    const correlationId = this.queryCorrelationId(who);
     if (outcome.ok) {
       const r = outcome.result;
       // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
       const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
-      this.ctx.policyResolved(who, this.correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
+      this.ctx.policyResolved(who, correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
         r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
       if (outcome.sql === sql) return undefined;
       return parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql);
     }
     if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
-    else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, this.correlationId, { query: sql }, outcome.message), []);
+    else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, correlationId, { query: sql }, outcome.message), []);
     this.pendingRefusal(outcome.message, outcome.sqlstate);
     return parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker());
+  }
+
+  /**
+   * Seed 003: a query yields two events, user.authentication and policy.resolution, linked by a correlationId. The
+   * login's event is the first query's authentication; each later query emits its own, with a fresh correlationId,
+   * so every pair can be told apart.
+   */
+  private queryCorrelationId(who: Principal): string {
+    const login = this.loginCorrelationId;
+    if (login !== undefined) {
+      this.loginCorrelationId = undefined;
+      return login;
+    }
+    const correlationId = randomUUID();
+    this.ctx.queryAuthenticated(who, correlationId);
+    return correlationId;
   }
 
   /** Policies, then the (cached) rewrite; synchronous when both are cached, which is the hot path. */

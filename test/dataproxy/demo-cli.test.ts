@@ -67,6 +67,22 @@ test('custos dataproxy --server writes its events into a real store, with their 
     }
     assert.deepEqual(entries.map((e) => (e.jsonPayload as unknown as DataProxyAuditEvent).header.event.action), ['user.authentication', 'policy.resolution']);
     assert.ok(entries[1]!.categories.includes('dataExport'), `policy.resolution categories: ${entries[1]!.categories.join(',')}`);
+
+    // One session, three queries: the login event pairs with the first query, each later query has its own pair.
+    await psql(`postgresql://proxy-user:s3cret@127.0.0.1:${port}/acmedb?sslmode=disable`, 'select count(*) from library.authors',
+      ['-c', 'select lastname from library.authors where id = 1', '-c', 'select 1']);
+    for (let tries = 0; tries < 100 && entries.length < 8; tries++) {
+      await new Promise((r) => setTimeout(r, 100));
+      entries = (await store.list(ADMIN, { filter: 'logName="projects/acme/logs/data-proxy-audit"', orderBy: 'timestamp asc' })).body.entries;
+    }
+    const session = entries.slice(2).map((e) => ({ event: e.jsonPayload as unknown as DataProxyAuditEvent, categories: e.categories }));
+    assert.deepEqual(session.map((e) => e.event.header.event.action), Array(3).fill(['user.authentication', 'policy.resolution']).flat());
+    const correlationIds = session.map((e) => e.event.attachments[0]!.correlationId);
+    assert.deepEqual(correlationIds.filter((_, i) => i % 2 === 1), correlationIds.filter((_, i) => i % 2 === 0), 'each pair is linked');
+    assert.equal(new Set(correlationIds).size, 3, 'pairs are told apart');
+    assert.ok(session[0]!.categories.includes('userLogin'), 'the login event');
+    // Sent as authenticationCheck only; the store then adds what it derives from the action (src/model/categories.ts).
+    for (const i of [2, 4]) assert.equal(session[i]!.categories[0], 'authenticationCheck');
   } finally {
     child.kill('SIGKILL');
     await store.close();

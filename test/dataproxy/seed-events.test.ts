@@ -8,6 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
+import pg from 'pg';
 import type { DataProxyAuditEvent } from '../../src/model/index.ts';
 import { createDatabase, psql, psqlError, query, startTestProxy } from './helpers.ts';
 
@@ -203,6 +204,80 @@ describe('seed 003 example events', () => {
         ['projects/test/logs/data-proxy-audit', 'WARNING', ['authenticationCheck']],
       ]);
       assert.equal(entries[0]!.insertId, (entries[0]!.jsonPayload as unknown as DataProxyAuditEvent).header.id);
+    } finally {
+      await p.stop();
+    }
+  });
+});
+
+describe('two events per query (seed 003: user.authentication and policy.resolution, linked by correlationId)', () => {
+  /** Splits a session's events into its query pairs: [authentication, policy.resolution], checking the links. */
+  function pairs(events: DataProxyAuditEvent[]): [DataProxyAuditEvent, DataProxyAuditEvent][] {
+    assert.equal(events.length % 2, 0, `an even number of events: ${events.map((e) => e.header.event.action).join(', ')}`);
+    const out: [DataProxyAuditEvent, DataProxyAuditEvent][] = [];
+    for (let i = 0; i < events.length; i += 2) {
+      const [auth, resolution] = [events[i]!, events[i + 1]!];
+      assert.equal(auth.header.event.action, 'user.authentication');
+      assert.equal(resolution.header.event.action, 'policy.resolution');
+      assert.match(auth.attachments[0]!.correlationId!, UUID);
+      assert.equal(resolution.attachments[0]!.correlationId, auth.attachments[0]!.correlationId, `pair ${i / 2} is linked`);
+      out.push([auth, resolution]);
+    }
+    assert.equal(new Set(out.map(([a]) => a.attachments[0]!.correlationId)).size, out.length, 'every pair has its own correlationId');
+    assert.equal(new Set(events.map((e) => e.header.id)).size, events.length, 'every event has its own id');
+    return out;
+  }
+
+  test('one psql session, three queries: the login event pairs with the first, each later query gets its own authentication', async () => {
+    const p = await startTestProxy(db.url, { policies: policy([rule('r-1', 'firstname', regex)]) });
+    try {
+      const out = await psql(p.conn(), 'select count(*) from library.authors', ['-c', 'select firstname from library.authors where id = 1', '-c', 'select 42']);
+      assert.deepEqual(out.split('\n').length, 3);
+      const events = await p.events();
+      const [first, second, third] = pairs(events);
+      assert.ok(first && second && third && events.length === 6);
+      assert.deepEqual(p.sink.entries.map((e) => e.categories), [
+        ['authenticationCheck', 'userLogin'], ['dataExport'],
+        ['authenticationCheck'], ['dataExport'],
+        ['authenticationCheck'], ['dataExport'],
+      ]);
+      // A query's authentication event is the login event with its own id, time and correlationId.
+      for (const [auth] of [second, third]) assert.deepEqual(aligned(auth, first[0]), first[0]);
+      assert.equal(third[1].header.status.outcome, 'SUCCESS');
+    } finally {
+      await p.stop();
+    }
+  });
+
+  test('extended protocol and refused statements: every Parse gets its pair, a refusal included', async () => {
+    const p = await startTestProxy(db.url, { audit: { verbose: true }, policies: policy([rule('r-1', 'firstname', regex)]) });
+    const c = new pg.Client({ connectionString: p.conn() });
+    await c.connect();
+    try {
+      await c.query('select firstname from library.authors where id = $1', [1]);
+      await assert.rejects(c.query('delete from library.authors where id = $1', [1]), /not allowed/);
+      await c.query('select lastname from library.authors where id = $1', [2]);
+      await c.end();
+      const events = await p.events();
+      assert.deepEqual(pairs(events).map(([, r]) => [r.attachments[0]!.request?.query, r.header.status.outcome]), [
+        ['select firstname from library.authors where id = $1', 'SUCCESS'],
+        ['delete from library.authors where id = $1', 'FAILURE'],
+        ['select lastname from library.authors where id = $1', 'SUCCESS'],
+      ]);
+      assert.deepEqual(p.sink.entries.filter((e) => e.labels?.['action'] === 'user.authentication').map((e) => e.categories),
+        [['authenticationCheck', 'userLogin'], ['authenticationCheck'], ['authenticationCheck']]);
+    } finally {
+      await c.end().catch(() => undefined);
+      await p.stop();
+    }
+  });
+
+  test('a failed login is one FAILURE user.authentication event and nothing else', async () => {
+    const p = await startTestProxy(db.url, { policies: [] });
+    try {
+      await psqlError(p.conn('proxy-user', 'wrong'), 'select 1');
+      const events = await p.events();
+      assert.deepEqual(events.map((e) => [e.header.event.action, e.header.status.outcome]), [['user.authentication', 'FAILURE']]);
     } finally {
       await p.stop();
     }
