@@ -12,8 +12,8 @@ export type AuditCategory = (typeof AUDIT_CATEGORIES)[number];
 
 /** Action → categories for the actions Custos knows; matched on the full action, then on its verb. */
 const BY_ACTION: Record<string, AuditCategory[]> = {
-  // The data proxy authenticates at connection start-up: both a check and a login (seed 003).
-  'user.authentication': ['authenticationCheck', 'userLogin'],
+  // A check; whether it was also a login is the sender's to say (see LOGIN_UNLESS_TOLD).
+  'user.authentication': ['authenticationCheck'],
   'user.login': ['userLogin', 'authenticationCheck'],
   'user.logout': ['userLogout'],
   'token.validate': ['authenticationCheck'],
@@ -37,6 +37,13 @@ const BY_VERB: Record<string, AuditCategory[]> = {
   generate: ['tokenGeneration'],
 };
 
+/**
+ * Actions that are a login when the sender states no categories: seed 003's example `user.authentication` events
+ * are connection-time logins. A sender that does state categories knows whether it was one (the data proxy sends
+ * `userLogin` on the login and not on the per-query checks that follow), so its word stands.
+ */
+const LOGIN_UNLESS_TOLD = new Set(['user.authentication']);
+
 /** Categories for an action, derived from the tables above; an unknown action derives none. */
 export function categoriesForAction(action: string): AuditCategory[] {
   const exact = BY_ACTION[action];
@@ -57,6 +64,9 @@ export function actionOf(payload: Record<string, unknown> | undefined): string |
 export function mergeCategories(sent: readonly string[] | undefined, payload: Record<string, unknown> | undefined): string[] {
   const out = [...new Set(sent ?? [])];
   const action = actionOf(payload);
-  if (action) for (const c of categoriesForAction(action)) if (!out.includes(c)) out.push(c);
+  if (!action) return out;
+  const derived = categoriesForAction(action);
+  const implied = LOGIN_UNLESS_TOLD.has(action) && out.length === 0 ? [...derived, 'userLogin'] : derived;
+  for (const c of implied) if (!out.includes(c)) out.push(c);
   return out;
 }

@@ -37,7 +37,7 @@ describe('seed example records', () => {
 
 describe('audit categories (seed 001)', () => {
   const rows: [string, string[]][] = [
-    ['user.authentication', ['authenticationCheck', 'userLogin']],
+    ['user.authentication', ['authenticationCheck']],
     ['user.login', ['userLogin', 'authenticationCheck']],
     ['user.logout', ['userLogout']],
     ['dataset.create', ['dataCreate']],
@@ -52,8 +52,15 @@ describe('audit categories (seed 001)', () => {
   }
 
   it('keeps the categories a client sends and adds the derived ones after them', () => {
-    const entry = completeEntry({ logName: 'projects/p/logs/data-proxy-audit', categories: ['dataExport'], jsonPayload: { header: { event: { action: 'user.authentication' } } } }, 'acme');
-    assert.deepEqual(entry.categories, ['dataExport', 'authenticationCheck', 'userLogin']);
+    const entry = completeEntry({ logName: 'projects/p/logs/data-proxy-audit', categories: ['dataExport'], jsonPayload: { header: { event: { action: 'blob.upload' } } } }, 'acme');
+    assert.deepEqual(entry.categories, ['dataExport', 'dataImport']);
+  });
+
+  it('counts a user.authentication as a login only when its sender says so, or says nothing', () => {
+    const auth = (categories?: string[]) => completeEntry({ logName: 'projects/p/logs/data-proxy-audit', ...(categories ? { categories } : {}), jsonPayload: { header: { event: { action: 'user.authentication' } } } }, 'acme').categories;
+    assert.deepEqual(auth(), ['authenticationCheck', 'userLogin']); // a bare seed 003 event: a connection-time login
+    assert.deepEqual(auth(['authenticationCheck', 'userLogin']), ['authenticationCheck', 'userLogin']);
+    assert.deepEqual(auth(['authenticationCheck']), ['authenticationCheck']); // a per-query check
   });
 });
 
