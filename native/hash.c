@@ -134,6 +134,39 @@ static napi_value crc32_ranges(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// stampRecords(buffer, payloads: Uint32Array [start0, end0, …], count, firstIndex)
+// For ledger records laid out as length ‖ CRC-32 ‖ index (u64) ‖ payload: writes index firstIndex + i (big-endian)
+// in the 8 bytes before payload i, then the CRC-32 of index ‖ payload in the 4 bytes before those.
+static napi_value stamp_records(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) return fail(env, "stampRecords takes 4 arguments");
+  uint8_t *buffer, *range_bytes;
+  size_t buffer_length, range_length;
+  uint32_t count;
+  int64_t first_index;
+  if (!bytes_of(env, argv[0], &buffer, &buffer_length)) return fail(env, "buffer must be a Uint8Array");
+  if (!bytes_of(env, argv[1], &range_bytes, &range_length)) return fail(env, "payloads must be a Uint32Array");
+  if (napi_get_value_uint32(env, argv[2], &count) != napi_ok) return fail(env, "count must be a number");
+  if (napi_get_value_int64(env, argv[3], &first_index) != napi_ok || first_index < 0) return fail(env, "firstIndex must be a non-negative integer");
+  if ((size_t)count * 8 > range_length) return fail(env, "payloads holds fewer than count ranges");
+  const uint32_t *ranges = (const uint32_t *)range_bytes;
+  for (uint32_t i = 0; i < count; i++) {
+    if (ranges[2 * i] < 12 || ranges[2 * i] > ranges[2 * i + 1] || ranges[2 * i + 1] > buffer_length) return fail(env, "a record lies outside the buffer");
+  }
+  for (uint32_t i = 0; i < count; i++) {
+    uint8_t *index_at = buffer + ranges[2 * i] - 8;
+    uint64_t index = (uint64_t)first_index + i;
+    for (int b = 7; b >= 0; b--, index >>= 8) index_at[b] = (uint8_t)(index & 0xff);
+    uint32_t crc = (uint32_t)zlib_crc32(0, index_at, ranges[2 * i + 1] - ranges[2 * i] + 8);
+    index_at[-4] = (uint8_t)(crc >> 24);
+    index_at[-3] = (uint8_t)(crc >> 16);
+    index_at[-2] = (uint8_t)(crc >> 8);
+    index_at[-1] = (uint8_t)crc;
+  }
+  return NULL;
+}
+
 NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   if (!load_sha256()) {
     napi_throw_error(env, NULL, "no SHA-256 implementation found (neither libcrypto nor node's own)");
@@ -147,6 +180,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
     napi_value crc_fn;
     if (napi_create_function(env, "crc32Ranges", NAPI_AUTO_LENGTH, crc32_ranges, NULL, &crc_fn) != napi_ok) return NULL;
     if (napi_set_named_property(env, exports, "crc32Ranges", crc_fn) != napi_ok) return NULL;
+    if (napi_create_function(env, "stampRecords", NAPI_AUTO_LENGTH, stamp_records, NULL, &crc_fn) != napi_ok) return NULL;
+    if (napi_set_named_property(env, exports, "stampRecords", crc_fn) != napi_ok) return NULL;
   }
   if (napi_create_string_utf8(env, digest_source, NAPI_AUTO_LENGTH, &source) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "digestSource", source) != napi_ok) return NULL;

@@ -14,9 +14,16 @@ export type HashRanges = (buffer: Uint8Array, ranges: Uint32Array, count: number
 /** `out[i]` = CRC-32 (zlib's) of `buffer[ranges[2i], ranges[2i+1])`: the record checksums of a batch in one call. */
 export type Crc32Ranges = (buffer: Uint8Array, ranges: Uint32Array, count: number, out: Uint32Array) => void;
 
+/**
+ * For records laid out as length ‖ CRC-32 ‖ index (u64 BE) ‖ payload, with the payloads at `payloads` (start, end
+ * pairs): writes index `firstIndex + i` before payload i, then the CRC-32 of index ‖ payload before that.
+ */
+export type StampRecords = (buffer: Uint8Array, payloads: Uint32Array, count: number, firstIndex: number) => void;
+
 interface NativeDigest {
   hashRanges: HashRanges;
   crc32Ranges?: Crc32Ranges;
+  stampRecords?: StampRecords;
   digestSource: string;
 }
 
@@ -42,6 +49,18 @@ export const crc32RangesPortable: Crc32Ranges = (buffer, ranges, count, out) => 
   }
 };
 
+export const stampRecordsPortable: StampRecords = (buffer, payloads, count, firstIndex) => {
+  const view = Buffer.from(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  for (let i = 0; i < count; i++) {
+    const start = payloads[2 * i] as number, end = payloads[2 * i + 1] as number;
+    if (start < 12 || start > end || end > buffer.length) throw new RangeError('a record lies outside the buffer');
+    const index = firstIndex + i;
+    view.writeUInt32BE(Math.floor(index / 2 ** 32), start - 8);
+    view.writeUInt32BE(index % 2 ** 32, start - 4);
+    view.writeUInt32BE(crc32(view.subarray(start - 8, end)), start - 12);
+  }
+};
+
 function loadNative(): NativeDigest | undefined {
   if (process.env['CUSTOS_PORTABLE_DIGEST'] === '1') return undefined;
   try {
@@ -56,5 +75,6 @@ const native = loadNative();
 
 export const hashRanges: HashRanges = native?.hashRanges ?? hashRangesPortable;
 export const crc32Ranges: Crc32Ranges = native?.crc32Ranges ?? crc32RangesPortable;
+export const stampRecords: StampRecords = native?.stampRecords ?? stampRecordsPortable;
 /** Which SHA-256 the ledger uses: `libcrypto.so.3` (native, system library), `node` (native, Node's own), or `node:crypto`. */
 export const digestImplementation: string = native ? native.digestSource : 'node:crypto';

@@ -3,7 +3,9 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { crc32 } from 'node:zlib';
-import { crc32Ranges, crc32RangesPortable, digestImplementation, hashRanges, hashRangesPortable } from './digest.ts';
+import {
+  crc32Ranges, crc32RangesPortable, digestImplementation, hashRanges, hashRangesPortable, stampRecords, stampRecordsPortable,
+} from './digest.ts';
 import { CompactRange, leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 
 interface Vectors {
@@ -60,6 +62,34 @@ describe('batched hashing', () => {
       implementation(buffer, new Uint32Array(spans.flat()), spans.length, out);
       assert.deepEqual([...out], expected);
       assert.throws(() => implementation(buffer, new Uint32Array([0, 5001]), 1, new Uint32Array(1)), /outside the buffer/);
+    }
+  });
+
+  it('native and portable record stamping write the same indexes and checksums', () => {
+    const payloads = ['{"a":1}', '', '{"b":"' + 'x'.repeat(700) + '"}'].map((p) => Buffer.from(p));
+    const layout = (): { buffer: Buffer; ranges: Uint32Array } => {
+      const buffer = Buffer.concat(payloads.flatMap((p) => [Buffer.alloc(16), p]));
+      const ranges = new Uint32Array(2 * payloads.length);
+      let offset = 0;
+      payloads.forEach((p, i) => {
+        ranges[2 * i] = offset + 16;
+        ranges[2 * i + 1] = offset + 16 + p.length;
+        offset += 16 + p.length;
+      });
+      return { buffer, ranges };
+    };
+    const firstIndex = 2 ** 32 + 5; // the index's high word is used
+    const stamped = [stampRecords, stampRecordsPortable].map((stamp) => {
+      const { buffer, ranges } = layout();
+      stamp(buffer, ranges, payloads.length, firstIndex);
+      return buffer;
+    });
+    assert.equal(stamped[0]!.toString('hex'), stamped[1]!.toString('hex'));
+    const record = stamped[0]!.subarray(16 + payloads[0]!.length, 32 + payloads[0]!.length);
+    assert.equal(record.readUInt32BE(8) * 2 ** 32 + record.readUInt32BE(12), firstIndex + 1);
+    assert.equal(record.readUInt32BE(4), crc32(record.subarray(8, 16)));
+    for (const stamp of [stampRecords, stampRecordsPortable]) {
+      assert.throws(() => stamp(Buffer.alloc(20), new Uint32Array([16, 21]), 1, 0), /outside the buffer/);
     }
   });
 

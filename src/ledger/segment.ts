@@ -1,5 +1,5 @@
 import { open } from 'node:fs/promises';
-import { crc32Ranges } from './digest.ts';
+import { crc32Ranges, stampRecords } from './digest.ts';
 import { leafHashes } from './merkle.ts';
 
 /**
@@ -136,17 +136,7 @@ export class RecordBatch {
 
   /** Stamps indexes from `firstIndex` and the checksums; returns the bytes to write. */
   number(firstIndex: number): Buffer {
-    // a record's checksum covers its index and payload: the 8 bytes before the payload, then the payload
-    const covered = new Uint32Array(2 * this.records);
-    for (let i = 0; i < this.records; i++) {
-      const start = this.ranges[2 * i] as number;
-      writeU64(this.buffer, firstIndex + i, start - 8);
-      covered[2 * i] = start - 8;
-      covered[2 * i + 1] = this.ranges[2 * i + 1] as number;
-    }
-    const checksums = new Uint32Array(this.records);
-    crc32Ranges(this.buffer, covered, this.records, checksums);
-    for (let i = 0; i < this.records; i++) this.buffer.writeUInt32BE(checksums[i] as number, (this.ranges[2 * i] as number) - 12);
+    stampRecords(this.buffer, this.ranges, this.records, firstIndex);
     return this.buffer.subarray(0, this.used);
   }
 }
