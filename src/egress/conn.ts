@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { EgressNetworkType, EgressRecord } from '../model/index.ts';
-import { clearDeadline, coarseNow, watchDeadline, type Deadline } from './io.ts';
+import { clearDeadline, coarseNow, kRelayRead, watchDeadline, type Deadline, type RelayRead } from './io.ts';
 import type { DenyReason } from './policy.ts';
 
 /**
@@ -120,7 +120,9 @@ const NO_RESOURCES: string[] = [];
  * created with `allowHalfOpen`. Bytes are counted on the upstream socket from `upstreamBase` on, so what the record
  * says is what reached and came back from the destination through the tunnel. Each direction is a 'data' handler
  * writing to the other socket, pausing on backpressure until 'drain': leaner than `stream.pipe`, which matters at
- * thousands of tunnels/s. A tunnel is idle when nothing moves either way for `idleMs` (checked by the coarse sweep).
+ * thousands of tunnels/s. A dialled upstream hands its reads to `relayRead` instead, in buffers it reuses once the
+ * client write carrying them completes (io.ts); its 'data' then only carries what it read before the relay began.
+ * A tunnel is idle when nothing moves either way for `idleMs` (checked by the coarse sweep).
  */
 export function relay(
   client: Socket,
@@ -133,7 +135,7 @@ export function relay(
 }
 
 const kTunnel = Symbol('custos.tunnel');
-type TunnelSocket = Socket & { [kTunnel]: Tunnel };
+type TunnelSocket = Socket & { [kTunnel]: Tunnel; [kRelayRead]?: RelayRead };
 
 /** Both sockets point at their tunnel; the handlers below are shared by every tunnel (see io.ts on why). */
 class Tunnel implements Deadline {
@@ -157,6 +159,7 @@ class Tunnel implements Deadline {
     const upstream = this.upstream as TunnelSocket;
     client[kTunnel] = this;
     upstream[kTunnel] = this;
+    upstream[kRelayRead] = relayRead;
     client.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
     upstream.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
     watchDeadline(this);
@@ -197,6 +200,17 @@ function relayData(this: TunnelSocket, chunk: Buffer): void {
   if (!to.write(chunk)) {
     this.pause();
     to.once('drain', resumePeer);
+  }
+}
+
+/** The upstream's reads into reused buffers: `written` frees the buffer once the client write has completed. */
+function relayRead(this: Socket, bytes: Buffer, written: () => void): void {
+  const tunnel = (this as TunnelSocket)[kTunnel];
+  tunnel.lastActive = coarseNow();
+  const client = tunnel.client;
+  if (!client.write(bytes, written)) {
+    this.pause();
+    client.once('drain', resumePeer);
   }
 }
 

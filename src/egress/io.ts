@@ -197,17 +197,106 @@ export function ignore(): void {}
 
 /**
  * Opens a TCP connection to an IP literal (never a name: the caller resolved and checked it) and calls `done` once,
- * with the connected socket or a classified `DialError`.
+ * with the connected socket or a classified `DialError`. The socket reads into pooled buffers (see "dialled reads").
  */
 export function dialThen(address: string, port: number, timeoutMs: number, done: (err: DialError | undefined, socket: Socket | undefined) => void): void {
-  const socket = connect({ host: address, port, allowHalfOpen: true, noDelay: true }) as DialSocket;
+  const first = takeReadBuffer();
+  // connect() creates the handle, which takes its first read buffer from nextReadBytes() there and then.
+  nextBytes = first.bytes;
+  const socket = connect({ host: address, port, allowHalfOpen: true, noDelay: true, onread: DIALLED_READS }) as DialSocket;
+  socket[kReadBuffer] = first;
   socket[kDial] = new Dial(socket, address, port, Date.now() + timeoutMs, timeoutMs, done);
-  socket.once('connect', dialConnected).once('error', dialFailed);
+  socket.once('connect', dialConnected).once('error', dialFailed).once('close', dialledClosed);
   watchDeadline(socket[kDial]);
 }
 
+// ---- dialled reads ----
+
+/*
+ * A dialled (upstream) socket reads into a 64 KiB buffer of its own instead of Node's default of a fresh allocation
+ * per read: in bulk transfers those allocations made glibc shrink and re-grow its heap around every read (thousands
+ * of brk calls and page faults per GiB), the largest part of the relay's system time. A buffer is read into again
+ * only once the write that carried its bytes on has completed (`written`): until then the socket reads into another
+ * one from a process-wide free list, and the buffer goes back to that list when its write completes or, for the one
+ * a socket holds for its next read, when the socket closes. So an open tunnel holds one buffer (two or three while
+ * its client drains slowly), and the free list keeps what closed tunnels gave back, up to FREE_READ_BUFFERS.
+ */
+const READ_BYTES = 64 * 1024;
+const FREE_READ_BUFFERS = 128;
+
+class ReadBuffer {
+  readonly bytes = Buffer.allocUnsafeSlow(READ_BYTES);
+  /** A write still holds these bytes (the kernel may not have copied them yet). */
+  inFlight = false;
+  /** A socket's next read lands here. */
+  held = true;
+  /** The write callback for the bytes read into this buffer: made once per buffer, not per write. */
+  readonly written = (): void => {
+    this.inFlight = false;
+    if (!this.held) giveBack(this);
+  };
+}
+
+const freeReadBuffers: ReadBuffer[] = [];
+
+function takeReadBuffer(): ReadBuffer {
+  const buffer = freeReadBuffers.pop();
+  if (!buffer) return new ReadBuffer();
+  buffer.held = true;
+  return buffer;
+}
+
+function giveBack(buffer: ReadBuffer): void {
+  if (freeReadBuffers.length < FREE_READ_BUFFERS) freeReadBuffers.push(buffer);
+}
+
+/**
+ * Set by whoever relays a dialled socket (conn.ts): gets each read's bytes, which stay valid until `written` is called
+ * (pass it as the callback of the write that carries them on). Before it is set, reads are copied and pushed to the
+ * socket's readable side, so 'data', pause() and resume() work as on any socket (the agent's answer is read so).
+ */
+export const kRelayRead = Symbol('custos.relayRead');
+export type RelayRead = (this: Socket, bytes: Buffer, written: () => void) => void;
+
+const kReadBuffer = Symbol('custos.readBuffer');
+type DialledSocket = Socket & { [kReadBuffer]: ReadBuffer; [kRelayRead]?: RelayRead };
+
+/**
+ * Where the socket that just read reads next. Node calls the buffer function right after each read callback (and
+ * once when connect() creates the handle), with no socket to hand, so the callback leaves the answer here.
+ */
+let nextBytes: Buffer = Buffer.alloc(0);
+
+function nextReadBytes(): Buffer {
+  return nextBytes;
+}
+
+function dialledRead(this: DialledSocket, nread: number, bytes: Uint8Array): boolean {
+  const relayRead = this[kRelayRead];
+  const current = this[kReadBuffer];
+  if (relayRead === undefined) {
+    nextBytes = current.bytes;
+    return this.push(Buffer.from(bytes.subarray(0, nread)));
+  }
+  current.inFlight = true;
+  current.held = false;
+  const next = takeReadBuffer();
+  this[kReadBuffer] = next;
+  nextBytes = next.bytes;
+  relayRead.call(this, current.bytes.subarray(0, nread), current.written);
+  return true;
+}
+
+function dialledClosed(this: DialledSocket): void {
+  const current = this[kReadBuffer];
+  current.held = false;
+  if (!current.inFlight) giveBack(current);
+}
+
+const DIALLED_READS = { buffer: nextReadBytes, callback: dialledRead };
+
 const kDial = Symbol('custos.dial');
-type DialSocket = Socket & { [kDial]: Dial };
+type DialSocket = DialledSocket & { [kDial]: Dial };
 
 class Dial implements Deadline {
   constructor(
