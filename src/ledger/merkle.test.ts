@@ -53,6 +53,21 @@ describe('batched hashing', () => {
     }
   });
 
+  it('large batches give the same digests as node:crypto', () => {
+    const buffer = Buffer.from(Array.from({ length: 1 << 16 }, (_, i) => (i * 40503) % 251));
+    const count = 3000;
+    const ranges = new Uint32Array(2 * count);
+    for (let i = 0; i < count; i++) {
+      ranges[2 * i] = (i * 97) % 60000;
+      ranges[2 * i + 1] = ranges[2 * i]! + (i % 700);
+    }
+    const expected = Buffer.alloc(32 * count);
+    hashRangesPortable(buffer, ranges, count, 0, expected);
+    const out = Buffer.alloc(32 * count);
+    hashRanges(buffer, ranges, count, 0, out);
+    assert.ok(out.equals(expected));
+  });
+
   it('the native batch CRC-32 and zlib.crc32 give the same checksums', () => {
     const buffer = Buffer.from(Array.from({ length: 5000 }, (_, i) => (i * 31337) % 256));
     const spans = [[0, 0], [0, 1], [3, 700], [1000, 1064], [4000, 5000]] as const;
