@@ -73,32 +73,48 @@ static int bytes_of(napi_env env, napi_value value, uint8_t **data, size_t *leng
   return 0;
 }
 
+// Reads `arity` arguments into argv; the first three are what every batch call starts with: a buffer, a Uint32Array of (start, end) ranges in it, and how many of
+// those ranges to use. Every range is checked before any work; each must start at `min_start` or later.
+typedef struct {
+  uint8_t *buffer;
+  const uint32_t *ranges;
+  uint32_t count;
+} Batch;
+
+static int read_batch(napi_env env, napi_callback_info info, size_t arity, napi_value *argv, uint32_t min_start, Batch *batch) {
+  uint8_t *range_bytes;
+  size_t buffer_length, range_length, argc = arity;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != arity) { fail(env, "wrong number of arguments"); return 0; }
+  if (!bytes_of(env, argv[0], &batch->buffer, &buffer_length)) { fail(env, "buffer must be a Uint8Array"); return 0; }
+  if (!bytes_of(env, argv[1], &range_bytes, &range_length)) { fail(env, "ranges must be a Uint32Array"); return 0; }
+  if (napi_get_value_uint32(env, argv[2], &batch->count) != napi_ok) { fail(env, "count must be a number"); return 0; }
+  if ((size_t)batch->count * 8 > range_length) { fail(env, "ranges holds fewer than count ranges"); return 0; }
+  batch->ranges = (const uint32_t *)range_bytes;
+  for (uint32_t i = 0; i < batch->count; i++) {
+    const uint32_t start = batch->ranges[2 * i], end = batch->ranges[2 * i + 1];
+    if (start < min_start || start > end || end > buffer_length) { fail(env, "a range lies outside the buffer"); return 0; }
+  }
+  return 1;
+}
+
 // hashRanges(buffer, ranges: Uint32Array [start0, end0, start1, end1, …], count, prefix: 0..255, out)
-// out[32·i …] = SHA-256(prefix ‖ buffer[start_i, end_i)) for i < count. Every range is checked before any hashing.
+// out[32·i …] = SHA-256(prefix ‖ buffer[start_i, end_i)) for i < count.
 static napi_value hash_ranges(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 5) return fail(env, "hashRanges takes 5 arguments");
-  uint8_t *buffer, *range_bytes, *out;
-  size_t buffer_length, range_length, out_length;
-  uint32_t count, prefix;
-  if (!bytes_of(env, argv[0], &buffer, &buffer_length)) return fail(env, "buffer must be a Uint8Array");
-  if (!bytes_of(env, argv[1], &range_bytes, &range_length)) return fail(env, "ranges must be a Uint32Array");
-  if (napi_get_value_uint32(env, argv[2], &count) != napi_ok) return fail(env, "count must be a number");
+  Batch batch;
+  uint8_t *out;
+  size_t out_length;
+  uint32_t prefix;
+  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 0, &batch)) return NULL;
   if (napi_get_value_uint32(env, argv[3], &prefix) != napi_ok || prefix > 255) return fail(env, "prefix must be a byte");
   if (!bytes_of(env, argv[4], &out, &out_length)) return fail(env, "out must be a Uint8Array");
-  if ((size_t)count * 8 > range_length) return fail(env, "ranges holds fewer than count ranges");
-  if ((size_t)count * DIGEST_BYTES > out_length) return fail(env, "out is too small for count digests");
-  const uint32_t *ranges = (const uint32_t *)range_bytes;
-  for (uint32_t i = 0; i < count; i++) {
-    if (ranges[2 * i] > ranges[2 * i + 1] || ranges[2 * i + 1] > buffer_length) return fail(env, "a range lies outside the buffer");
-  }
+  if ((size_t)batch.count * DIGEST_BYTES > out_length) return fail(env, "out is too small for count digests");
   const unsigned char prefix_byte = (unsigned char)prefix;
   Sha256Context context;
-  for (uint32_t i = 0; i < count; i++) {
+  for (uint32_t i = 0; i < batch.count; i++) {
     sha256_init(&context);
     sha256_update(&context, &prefix_byte, 1);
-    sha256_update(&context, buffer + ranges[2 * i], ranges[2 * i + 1] - ranges[2 * i]);
+    sha256_update(&context, batch.buffer + batch.ranges[2 * i], batch.ranges[2 * i + 1] - batch.ranges[2 * i]);
     sha256_final(out + (size_t)i * DIGEST_BYTES, &context);
   }
   return NULL;
@@ -109,27 +125,18 @@ typedef unsigned long (*Crc32Fn)(unsigned long, const unsigned char *, unsigned 
 static Crc32Fn zlib_crc32;
 
 // crc32Ranges(buffer, ranges: Uint32Array [start0, end0, …], count, out: Uint32Array)
-// out[i] = CRC-32 (zlib) of buffer[start_i, end_i) for i < count. Every range is checked before any work.
+// out[i] = CRC-32 (zlib) of buffer[start_i, end_i) for i < count.
 static napi_value crc32_ranges(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) return fail(env, "crc32Ranges takes 4 arguments");
-  uint8_t *buffer, *range_bytes, *out_bytes;
-  size_t buffer_length, range_length, out_length;
-  uint32_t count;
-  if (!bytes_of(env, argv[0], &buffer, &buffer_length)) return fail(env, "buffer must be a Uint8Array");
-  if (!bytes_of(env, argv[1], &range_bytes, &range_length)) return fail(env, "ranges must be a Uint32Array");
-  if (napi_get_value_uint32(env, argv[2], &count) != napi_ok) return fail(env, "count must be a number");
+  Batch batch;
+  uint8_t *out_bytes;
+  size_t out_length;
+  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 0, &batch)) return NULL;
   if (!bytes_of(env, argv[3], &out_bytes, &out_length)) return fail(env, "out must be a Uint32Array");
-  if ((size_t)count * 8 > range_length) return fail(env, "ranges holds fewer than count ranges");
-  if ((size_t)count * 4 > out_length) return fail(env, "out is too small for count checksums");
-  const uint32_t *ranges = (const uint32_t *)range_bytes;
-  for (uint32_t i = 0; i < count; i++) {
-    if (ranges[2 * i] > ranges[2 * i + 1] || ranges[2 * i + 1] > buffer_length) return fail(env, "a range lies outside the buffer");
-  }
+  if ((size_t)batch.count * 4 > out_length) return fail(env, "out is too small for count checksums");
   uint32_t *out = (uint32_t *)out_bytes;
-  for (uint32_t i = 0; i < count; i++) {
-    out[i] = (uint32_t)zlib_crc32(0, buffer + ranges[2 * i], ranges[2 * i + 1] - ranges[2 * i]);
+  for (uint32_t i = 0; i < batch.count; i++) {
+    out[i] = (uint32_t)zlib_crc32(0, batch.buffer + batch.ranges[2 * i], batch.ranges[2 * i + 1] - batch.ranges[2 * i]);
   }
   return NULL;
 }
@@ -138,27 +145,16 @@ static napi_value crc32_ranges(napi_env env, napi_callback_info info) {
 // For ledger records laid out as length ‖ CRC-32 ‖ index (u64) ‖ payload: writes index firstIndex + i (big-endian)
 // in the 8 bytes before payload i, then the CRC-32 of index ‖ payload in the 4 bytes before those.
 static napi_value stamp_records(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value argv[4];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4) return fail(env, "stampRecords takes 4 arguments");
-  uint8_t *buffer, *range_bytes;
-  size_t buffer_length, range_length;
-  uint32_t count;
+  Batch batch;
   int64_t first_index;
-  if (!bytes_of(env, argv[0], &buffer, &buffer_length)) return fail(env, "buffer must be a Uint8Array");
-  if (!bytes_of(env, argv[1], &range_bytes, &range_length)) return fail(env, "payloads must be a Uint32Array");
-  if (napi_get_value_uint32(env, argv[2], &count) != napi_ok) return fail(env, "count must be a number");
+  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 12, &batch)) return NULL;
   if (napi_get_value_int64(env, argv[3], &first_index) != napi_ok || first_index < 0) return fail(env, "firstIndex must be a non-negative integer");
-  if ((size_t)count * 8 > range_length) return fail(env, "payloads holds fewer than count ranges");
-  const uint32_t *ranges = (const uint32_t *)range_bytes;
-  for (uint32_t i = 0; i < count; i++) {
-    if (ranges[2 * i] < 12 || ranges[2 * i] > ranges[2 * i + 1] || ranges[2 * i + 1] > buffer_length) return fail(env, "a record lies outside the buffer");
-  }
-  for (uint32_t i = 0; i < count; i++) {
-    uint8_t *index_at = buffer + ranges[2 * i] - 8;
+  for (uint32_t i = 0; i < batch.count; i++) {
+    uint8_t *index_at = batch.buffer + batch.ranges[2 * i] - 8;
     uint64_t index = (uint64_t)first_index + i;
     for (int b = 7; b >= 0; b--, index >>= 8) index_at[b] = (uint8_t)(index & 0xff);
-    uint32_t crc = (uint32_t)zlib_crc32(0, index_at, ranges[2 * i + 1] - ranges[2 * i] + 8);
+    uint32_t crc = (uint32_t)zlib_crc32(0, index_at, batch.ranges[2 * i + 1] - batch.ranges[2 * i] + 8);
     index_at[-4] = (uint8_t)(crc >> 24);
     index_at[-3] = (uint8_t)(crc >> 16);
     index_at[-2] = (uint8_t)(crc >> 8);
