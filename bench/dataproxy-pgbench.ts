@@ -3,7 +3,10 @@
  * pgbouncer (Debian's, session pooling, on a loopback port in a temp dir), through Custos with no protected table
  * touched, through Custos with a masking policy on pgbench_accounts, and with a masking policy plus a row filter.
  *
- *   node --import tsx bench/dataproxy-pgbench.ts [--seconds 30] [--clients 8] [--scale 1]
+ *   node --import tsx bench/dataproxy-pgbench.ts [--seconds 30] [--clients 8] [--scale 1] [--rounds 5]
+ *
+ * A mode's cells are run as `--rounds` interleaved rounds of `--seconds / --rounds` each (targets in a rotated order
+ * every round), so on a shared machine a change in load falls on every target alike rather than on one cell.
  *
  * Needs PostgreSQL on 127.0.0.1:5432 (trust) and `apt-get install -y pgbouncer`. Prints a markdown table.
  */
@@ -24,6 +27,8 @@ const arg = (name: string, fallback: number): number => {
 const SECONDS = arg('seconds', 30);
 const CLIENTS = arg('clients', 8);
 const SCALE = arg('scale', 1);
+const ROUNDS = arg('rounds', 5);
+const ROUND_SECONDS = Math.max(1, Math.round(SECONDS / ROUNDS));
 const MODES = ['simple', 'extended', 'prepared'] as const;
 const DB = `dp_bench_${process.pid}`;
 const ADMIN = 'postgres://postgres@127.0.0.1:5432/test';
@@ -69,22 +74,36 @@ function cpuMicros(pid: number): number {
 }
 const CLOCK_TICKS = Number((await run('getconf', ['CLK_TCK'])).stdout.trim());
 
-interface Cell {
-  tps: number;
+/** One target in one mode, summed over its rounds. */
+class Cell {
+  private transactions = 0;
+  /** Seconds of pgbench time excluding connection set-up (transactions / tps of each round). */
+  private seconds = 0;
+  private cpu = 0;
+  add(transactions: number, tps: number, cpu: number): void {
+    this.transactions += transactions;
+    this.seconds += transactions / tps;
+    this.cpu += cpu;
+  }
+  get tps(): number {
+    return this.transactions / this.seconds;
+  }
   /** CPU of the proxy process (pgbouncer or Custos) per transaction, µs. */
-  proxyCpu?: number;
+  get proxyCpu(): number {
+    return this.cpu / this.transactions;
+  }
 }
 
-async function pgbench(conn: string, mode: string, proxyPid: number | undefined): Promise<Cell> {
+async function pgbench(conn: string, mode: string, proxyPid: number | undefined, cell: Cell): Promise<void> {
   const before = proxyPid ? cpuMicros(proxyPid) : 0;
-  const { stdout } = await run('pgbench', ['-n', '-S', '-M', mode, '-c', String(CLIENTS), '-j', '2', '-T', String(SECONDS), conn], {
-    timeout: (SECONDS + 60) * 1000,
+  const { stdout } = await run('pgbench', ['-n', '-S', '-M', mode, '-c', String(CLIENTS), '-j', '2', '-T', String(ROUND_SECONDS), conn], {
+    timeout: (ROUND_SECONDS + 60) * 1000,
   });
   const used = proxyPid ? cpuMicros(proxyPid) - before : 0;
   const m = /tps = ([\d.]+) \((?:without initial connection time|excluding connections establishing)\)/.exec(stdout);
   const n = /number of transactions actually processed: (\d+)/.exec(stdout);
   if (!m || !n) throw new Error(`no tps in pgbench output:\n${stdout}`);
-  return { tps: Number(m[1]), ...(proxyPid ? { proxyCpu: used / Number(n[1]) } : {}) };
+  cell.add(Number(n[1]), Number(m[1]), used);
 }
 
 function proxyConfig(policies: unknown[]): string {
@@ -159,28 +178,32 @@ async function main(): Promise<void> {
     const cells: Record<string, Record<string, Cell>> = {};
     const started = new Date().toISOString();
     const loads: number[] = [];
-    // Cells of one mode run back to back, so a change in the machine's load hits every target of a mode alike.
+    // A mode's cells are interleaved round by round, each round starting one target later, so a change in the
+    // machine's load hits every target of a mode alike (one long cell per target had put a load swing on one of them).
     for (const mode of MODES) {
-      for (const [name, conn, pid] of targets) {
-        process.stderr.write(`pgbench -S -M ${mode} ${name} (${SECONDS}s)…\n`);
-        (cells[name] ??= {})[mode] = await pgbench(conn, mode, pid);
-        loads.push(loadavg()[0]!);
+      for (let round = 0; round < ROUNDS; round++) {
+        for (let i = 0; i < targets.length; i++) {
+          const [name, conn, pid] = targets[(i + round) % targets.length]!;
+          process.stderr.write(`pgbench -S -M ${mode} ${name} (round ${round + 1}/${ROUNDS}, ${ROUND_SECONDS}s)…\n`);
+          await pgbench(conn, mode, pid, ((cells[name] ??= {})[mode] ??= new Cell()));
+          loads.push(loadavg()[0]!);
+        }
       }
     }
     const bouncerCells = cells['pgbouncer']!;
     const plain = cells['Custos, no protected table touched']!;
     const lines = [
-      `pgbench -S, ${CLIENTS} clients, 2 threads, ${SECONDS} s per cell, scale ${SCALE}; started ${started}, 1-minute load average ` +
-        `after each cell ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; tps excluding connection set-up, and the proxy ` +
+      `pgbench -S, ${CLIENTS} clients, 2 threads, ${ROUNDS} interleaved rounds of ${ROUND_SECONDS} s per cell, scale ${SCALE}; started ${started}, 1-minute load average ` +
+        `after each round ${Math.min(...loads).toFixed(1)}–${Math.max(...loads).toFixed(1)}; tps excluding connection set-up, and the proxy ` +
         `process's CPU time (user + system) per transaction`,
       '',
       '| target | simple | extended | prepared | vs pgbouncer (s/e/p) | vs Custos unmasked (s/e/p) | proxy CPU µs/tx (s/e/p) |',
       '| --- | ---: | ---: | ---: | --- | --- | --- |',
     ];
-    for (const [name] of targets) {
+    for (const [name, , pid] of targets) {
       const t = cells[name]!;
       const ratio = (base: Record<string, Cell>) => MODES.map((m) => `${((100 * t[m]!.tps) / base[m]!.tps).toFixed(0)} %`).join(' / ');
-      const cpu = t['simple']!.proxyCpu === undefined ? '' : MODES.map((m) => t[m]!.proxyCpu!.toFixed(1)).join(' / ');
+      const cpu = pid === undefined ? '' : MODES.map((m) => t[m]!.proxyCpu.toFixed(1)).join(' / ');
       lines.push(`| ${name} | ${MODES.map((m) => t[m]!.tps.toFixed(0)).join(' | ')} | ${ratio(bouncerCells)} | ${name.startsWith('Custos') ? ratio(plain) : ''} | ${cpu} |`);
     }
     process.stdout.write(lines.join('\n') + '\n');
