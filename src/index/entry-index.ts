@@ -282,7 +282,12 @@ export class EntryIndex {
 
   async close(): Promise<void> {
     await this.serialized(() => {
-      this.flush();
+      try {
+        this.flush();
+      } catch (err) {
+        // the rows it held are indexed again from the ledger at the next start; the connections still close
+        log.error({ err }, 'index commit failed at close');
+      }
       this.appender?.closeSync();
       this.appender = undefined;
     });

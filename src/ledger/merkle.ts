@@ -70,10 +70,6 @@ class HashArray {
   private readonly chunks: Buffer[] = [];
   length = 0;
 
-  push(value: Uint8Array): void {
-    this.pushAll(value, 1);
-  }
-
   /** Appends `count` hashes stored back to back in `values`, copying whole runs at a time. */
   pushAll(values: Uint8Array, count: number): void {
     for (let done = 0; done < count;) {

@@ -4,7 +4,7 @@ import type { Logger } from 'pino';
 import { openCheckpoint, signCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { LedgerError } from './errors.ts';
 import { syncDirectory, writeFileDurably } from './fsutil.ts';
-import { HASH_SIZE, MerkleTree } from './merkle.ts';
+import { MerkleTree } from './merkle.ts';
 import { ledgerMetrics } from './metrics.ts';
 import type { NoteSigner } from './note.ts';
 import type { ScanPool } from './scan-pool.ts';
@@ -151,8 +151,7 @@ export class OrgLog {
       if (segmentFirstIndex(name) !== firstIndex) {
         throw new LedgerError('SEQUENCE_GAP', `${org}/${name}: segment starts at entry ${segmentFirstIndex(name)} but the log so far holds ${firstIndex}; run custos verify`, { org, segment: name, entryIndex: firstIndex });
       }
-      const hashes = Buffer.from(leaves.buffer, leaves.byteOffset, leaves.byteLength);
-      for (let n = 0; n < count; n++) log.tree.append(hashes.subarray(n * HASH_SIZE, (n + 1) * HASH_SIZE));
+      log.tree.appendLeaves(Buffer.from(leaves.buffer, leaves.byteOffset, leaves.byteLength), count);
       if (scan.problem) {
         const checkpointed = lastCheckpoint?.treeSize ?? 0;
         // Only the shape a crash leaves (the file ends inside the last record) past every checkpoint is cut.

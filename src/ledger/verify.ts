@@ -6,7 +6,7 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { LedgerError, type LedgerErrorCode } from './errors.ts';
 import { ARCHIVE_VERIFIER_KEY, DirectoryArchiveTarget, manifestKey, sha256Hex, type ArchiveTarget, type SegmentManifest } from './archive.ts';
 import { loadVerifier, readLedgerMeta, VERIFIER_KEY_FILE } from './keys.ts';
-import { CompactRange, leafHash } from './merkle.ts';
+import { CompactRange, HASH_SIZE, leafHashes } from './merkle.ts';
 import { ScanPool } from './scan-pool.ts';
 import type { ScannedSegment } from './scan-worker.ts';
 import { parseVerifierKey, type NoteVerifier } from './note.ts';
@@ -293,10 +293,13 @@ async function verifyArchivedOrg(
     }
     if (sha256Hex(segmentBytes) !== manifest.segment.sha256) throw fault('HASH_MISMATCH', 'segment bytes do not match the manifest hash', name, tree.end);
     const firstIndex = tree.end;
-    const { problem } = scanSegmentBytes(segmentBytes, firstIndex, (_index, payload) => {
-      tree.appendLeaf(leafHash(payload));
-      report.entries++;
-      if ((report.entries & 0xffff) === 0) progress();
+    const { problem } = scanSegmentBytes(segmentBytes, firstIndex, {
+      run: (chunk, payloads, count) => {
+        const leaves = leafHashes(chunk, payloads, count);
+        for (let i = 0; i < count; i++) tree.appendLeaf(leaves.subarray(i * HASH_SIZE, (i + 1) * HASH_SIZE));
+        report.entries += count;
+        progress();
+      },
     });
     if (problem) throw fault(problem.code, problem.reason, name, problem.index);
     if (tree.end !== manifest.treeSize || tree.end - firstIndex !== manifest.segment.entryCount) {
