@@ -155,3 +155,45 @@ describe('EntryIndex', () => {
     }
   });
 });
+
+describe('EntryIndex on a full disk', () => {
+  it('a commit the disk refuses is reported, nothing half-counted, and the same rows go in once space returns', async (t) => {
+    const { execFileSync } = await import('node:child_process');
+    const { writeFileSync } = await import('node:fs');
+    const mountPoint = mkdtempSync(join(tmpdir(), 'custos-index-full-'));
+    try {
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mountPoint], { stdio: 'ignore' });
+    } catch {
+      rmSync(mountPoint, { recursive: true, force: true });
+      t.skip('cannot mount a tmpfs here (needs root)');
+      return;
+    }
+    let full: EntryIndex | undefined;
+    try {
+      full = await EntryIndex.open(join(mountPoint, 'index.duckdb'));
+      await full.insert('acme', rows(0, 10));
+      assert.deepEqual(ids((await full.list({ organization: 'acme', orderBy: 'timestamp asc' })).entries), ids(rows(0, 10).map((r) => r.entry)));
+      const filler = join(mountPoint, 'filler');
+      for (let i = 0; ; i++) {
+        try {
+          writeFileSync(`${filler}-${i}`, Buffer.alloc(64 * 1024));
+        } catch {
+          break; // the disk is full
+        }
+      }
+      // Rows gather in memory; the commit before the read is what the disk refuses.
+      await full.insert('acme', rows(10, 3000).map((r) => ({ ...r, entry: { ...r.entry, jsonPayload: { pad: 'p'.repeat(2000) } } })));
+      await assert.rejects(full.list({ organization: 'acme' }), (e: unknown) => e instanceof IndexError && e.code === 'INDEX_UNCOMMITTED');
+      assert.equal(await full.indexedSize('acme'), 10, 'the refused rows do not count as indexed');
+      execFileSync('sh', ['-c', `rm -f ${filler}-*`]);
+      await full.insert('acme', rows(10, 3000));
+      const listed = await full.list({ organization: 'acme', pageSize: 1000, orderBy: 'timestamp asc' });
+      assert.equal(listed.entries.length, 1000);
+      assert.equal(await full.indexedSize('acme'), 3000);
+    } finally {
+      await full?.close();
+      execFileSync('umount', [mountPoint], { stdio: 'ignore' });
+      rmSync(mountPoint, { recursive: true, force: true });
+    }
+  });
+});
