@@ -5,7 +5,11 @@
  *   3. added latency p50/p99 at 500 tunnels/s (open loop), against the same exchange straight to the origin,
  *      interleaved with it.
  * Every proxy runs as its own process with a config written to a temp dir; the origin is a separate process.
- * Bounded: fixed byte counts and durations. Run: node --import tsx bench/egress-proxies.ts [--quick]
+ * Bounded: fixed byte counts and durations.
+ *
+ *   node --import tsx bench/egress-proxies.ts [--quick] [--only bulk,tunnels,latency]
+ *
+ * `--only` runs some of the three measures (the others print as –).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,6 +18,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const quick = process.argv.includes('--quick');
+const onlyAt = process.argv.indexOf('--only');
+const MEASURES = new Set(onlyAt >= 0 ? (process.argv[onlyAt + 1] ?? '').split(',') : ['bulk', 'tunnels', 'latency']);
+for (const measure of MEASURES) if (!['bulk', 'tunnels', 'latency'].includes(measure)) throw new Error(`--only: unknown measure ${JSON.stringify(measure)} (bulk, tunnels, latency)`);
 const BULK_BYTES = (quick ? 256 : 1024) * 1024 * 1024;
 const ROUNDS = 3;
 const TUNNEL_SECONDS = quick ? 1 : 3;
@@ -325,17 +332,18 @@ async function main(): Promise<void> {
   const peers = [custos, squid, tinyproxy];
 
   // Peers are measured in interleaved rounds and the median kept, so load drifting on a shared machine hits all alike.
-  process.stderr.write('bulk throughput…\n');
   const bulkRuns: Record<string, number[]> = {};
-  for (let round = 0; round < ROUNDS; round++) {
+  if (MEASURES.has('bulk')) process.stderr.write('bulk throughput…\n');
+  for (let round = 0; round < (MEASURES.has('bulk') ? ROUNDS : 0); round++) {
     for (const peer of [...peers, haproxyBulk]) (bulkRuns[peer.name] ??= []).push(await bulkOnce(peer, origin.bulk));
   }
   const bulk = Object.fromEntries(Object.entries(bulkRuns).map(([name, runs]) => [name, median(runs)]));
 
-  process.stderr.write('tunnels per second…\n');
-  for (const peer of [...peers, haproxyReply]) await tunnelsPerSecond(peer, origin.reply, 1).catch(() => undefined); // warm-up
+  // warm-up, also for the latency runs
+  for (const peer of [...peers, haproxyReply]) await tunnelsPerSecond(peer, origin.reply, 1).catch(() => undefined);
   const tunnelRuns: Record<string, { rate: number; errors: number; cpuUsPerTunnel: number }[]> = {};
-  for (let round = 0; round < ROUNDS; round++) {
+  if (MEASURES.has('tunnels')) process.stderr.write('tunnels per second…\n');
+  for (let round = 0; round < (MEASURES.has('tunnels') ? ROUNDS : 0); round++) {
     for (const peer of [...peers, haproxyReply]) (tunnelRuns[peer.name] ??= []).push(await tunnelsPerSecond(peer, origin.reply, TUNNEL_SECONDS));
   }
   const tunnels = Object.fromEntries(
@@ -345,28 +353,33 @@ async function main(): Promise<void> {
     ]),
   );
 
-  process.stderr.write('latency at 500 tunnels/s…\n');
   const latency: Record<string, Percentiles & { errors: number; direct: Percentiles }> = {};
-  for (const peer of [...peers, haproxyReply]) latency[peer.name] = await latencyAtRate(peer, origin.reply);
+  if (MEASURES.has('latency')) {
+    process.stderr.write('latency at 500 tunnels/s…\n');
+    for (const peer of [...peers, haproxyReply]) latency[peer.name] = await latencyAtRate(peer, origin.reply);
+  }
 
   const ours = 'custos egress';
+  /** A figure, or – where its measure was not run (`--only`). */
+  const shown = (value: number | undefined, digits: number): string => (value === undefined || !Number.isFinite(value) ? '–' : value.toFixed(digits));
   const lines = [
     `| proxy | bulk MB/s (1 tunnel, ${BULK_BYTES / 1024 / 1024} MiB, median of ${ROUNDS}) | tunnels/s (${CONCURRENCY} clients, median of ${ROUNDS} × ${TUNNEL_SECONDS}s) | proxy CPU µs per tunnel | added latency p50 / p99 at ${LATENCY_RATE}/s (ms) |`,
     '| --- | ---: | ---: | ---: | ---: |',
   ];
   for (const name of [ours, 'squid', 'tinyproxy', 'haproxy (TCP mode)']) {
-    const l = latency[name]!;
-    const errors = tunnels[name]!.errors + l.errors;
-    lines.push(
-      `| ${name} | ${bulk[name]!.toFixed(0)} | ${tunnels[name]!.rate.toFixed(0)} | ${tunnels[name]!.cpu.toFixed(0)} | ${(l.p50 - l.direct.p50).toFixed(2)} / ${(l.p99 - l.direct.p99).toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})${errors ? `, ${errors} errors` : ''} |`,
-    );
+    const l = latency[name];
+    const errors = (tunnels[name]?.errors ?? 0) + (l?.errors ?? 0);
+    const added = l ? `${(l.p50 - l.direct.p50).toFixed(2)} / ${(l.p99 - l.direct.p99).toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})` : '–';
+    lines.push(`| ${name} | ${shown(bulk[name], 0)} | ${shown(tunnels[name]?.rate, 0)} | ${shown(tunnels[name]?.cpu, 0)} | ${added}${errors ? `, ${errors} errors` : ''} |`);
   }
+  const ratio = (a: number | undefined, b: number | undefined): string => shown(a === undefined || b === undefined ? undefined : a / b, 2);
+  const oursLatency = latency[ours];
   lines.push('');
   lines.push(
-    `Ratios: bulk custos/haproxy ${(bulk[ours]! / bulk['haproxy (TCP mode)']!).toFixed(2)} (target ≥ 0.80); ` +
-      `tunnels/s custos/squid ${(tunnels[ours]!.rate / tunnels['squid']!.rate).toFixed(2)}, custos/tinyproxy ${(tunnels[ours]!.rate / tunnels['tinyproxy']!.rate).toFixed(2)} (target > 1); ` +
-      `CPU per tunnel custos/squid ${(tunnels[ours]!.cpu / tunnels['squid']!.cpu).toFixed(2)}; ` +
-      `added p99 ${(latency[ours]!.p99 - latency[ours]!.direct.p99).toFixed(2)} ms (target ≤ 1 ms).`,
+    `Ratios: bulk custos/haproxy ${ratio(bulk[ours], bulk['haproxy (TCP mode)'])} (target ≥ 0.80); ` +
+      `tunnels/s custos/squid ${ratio(tunnels[ours]?.rate, tunnels['squid']?.rate)}, custos/tinyproxy ${ratio(tunnels[ours]?.rate, tunnels['tinyproxy']?.rate)} (target > 1); ` +
+      `CPU per tunnel custos/squid ${ratio(tunnels[ours]?.cpu, tunnels['squid']?.cpu)}; ` +
+      `added p99 ${shown(oursLatency && oursLatency.p99 - oursLatency.direct.p99, 2)} ms (target ≤ 1 ms).`,
   );
   process.stdout.write(`${lines.join('\n')}\n`);
 }
