@@ -1,5 +1,5 @@
 import { Option } from 'commander';
-import { clientToken } from '../ingest/index.ts';
+import { clientToken } from '../ingest/sink.ts';
 
 /** `--server` and `--token` as every client command takes them (env: CUSTOS_SERVER, CUSTOS_TOKEN). */
 export const serverOption = () => new Option('--server <url>', 'Custos server URL').env('CUSTOS_SERVER');

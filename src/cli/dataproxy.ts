@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
 import { DEFAULT_PROJECT } from '../model/index.ts';
-import { BatchingSink, clientToken, HttpEntrySink } from '../ingest/sink.ts';
-import { loadConfig, startDataProxy } from '../dataproxy/index.ts';
 
 export function register(program: Command): void {
   program
@@ -15,6 +13,7 @@ export function register(program: Command): void {
     .option('--project <id>', 'project of the LogEntries (projects/P/logs/data-proxy-audit)', DEFAULT_PROJECT)
     .option('--log-file <path>', 'also write events as NDJSON to this file, or - for stdout')
     .action(async (opts: { config: string; listen?: string; upstream?: string; server?: string; token?: string; project: string; logFile?: string }) => {
+      const [{ loadConfig, startDataProxy }, { BatchingSink, clientToken, HttpEntrySink }] = await Promise.all([import('../dataproxy/index.ts'), import('../ingest/sink.ts')]);
       const config = await loadConfig(opts.config);
       const sink = opts.server ? new BatchingSink(new HttpEntrySink(opts.server, clientToken(opts.token))) : undefined;
       if (!sink && !opts.logFile) opts.logFile = '-';

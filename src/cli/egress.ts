@@ -1,8 +1,5 @@
 import type { Command } from 'commander';
-import { createRecordOutput, runEgressService, startAgent } from '../egress/index.ts';
-import { clientToken, HttpEntrySink } from '../ingest/sink.ts';
 import { DEFAULT_PROJECT } from '../model/index.ts';
-import { serveMetrics } from '../telemetry/index.ts';
 
 interface EgressOptions {
   config?: string;
@@ -43,6 +40,9 @@ export function register(program: Command): void {
 }
 
 async function runProxy(options: EgressOptions & { config: string }): Promise<void> {
+  const [{ createRecordOutput, runEgressService }, { clientToken, HttpEntrySink }, { serveMetrics }] = await Promise.all([
+    import('../egress/index.ts'), import('../ingest/sink.ts'), import('../telemetry/index.ts'),
+  ]);
   const output = createRecordOutput({
     project: options.project,
     ...(options.server ? { sink: new HttpEntrySink(options.server, clientToken(options.token)) } : {}),
@@ -66,6 +66,7 @@ async function runProxy(options: EgressOptions & { config: string }): Promise<vo
 
 async function runAgent(options: { listen?: string; id?: string }): Promise<void> {
   if (!options.listen) throw new Error('egress agent: --listen HOST:PORT is required');
+  const { startAgent } = await import('../egress/index.ts');
   const agent = await startAgent({ id: options.id ?? options.listen, listen: options.listen });
   process.stderr.write(`custos egress agent ${agent.id}: listening ${agent.address}\n`);
   await new Promise<void>((resolve) => {

@@ -1,9 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_PROJECT } from '../model/index.ts';
-import { clientToken, HttpEntrySink } from '../ingest/sink.ts';
-import { explainConnection, loadForRun, parseExplainArgs, parseSettings, renderExplanation, runNetpol } from '../netpol/index.ts';
-import { serveMetrics } from '../telemetry/index.ts';
 import { createProgress } from './progress.ts';
 
 interface NetpolFlags {
@@ -47,6 +44,9 @@ export function register(program: Command): void {
     .action(async (flags: NetpolFlags) => {
       if (!flags.manifests?.length || !flags.flows) throw new Error('netpol needs --manifests PATH… and --flows FILE|- (see custos netpol --help)');
       if (flags.format !== 'tuple' && flags.format !== 'hubble') throw new Error(`--format must be tuple or hubble, not "${flags.format}"`);
+      const [{ parseSettings, runNetpol }, { clientToken, HttpEntrySink }, { serveMetrics }] = await Promise.all([
+        import('../netpol/index.ts'), import('../ingest/sink.ts'), import('../telemetry/index.ts'),
+      ]);
       const settings = flags.config ? parseSettings(readFileSync(flags.config, 'utf8'), flags.config) : undefined;
       const logFile = flags.logFile ?? (flags.server ? undefined : '-');
       const metricsServer = flags.metricsListen ? await serveMetrics(flags.metricsListen) : undefined;
@@ -79,6 +79,7 @@ export function register(program: Command): void {
     .argument('<src>', 'source: IP address or namespace/pod')
     .argument('<dest>', 'destination and port: IP:PORT/PROTO, namespace/pod:PORT/PROTO ([v6]:PORT/PROTO; DEST/icmp); PORT may be a port name')
     .action(async (src: string, dest: string, flags: { manifests: string[]; format: string }) => {
+      const { explainConnection, loadForRun, parseExplainArgs, renderExplanation } = await import('../netpol/index.ts');
       const { cluster } = await loadForRun(flags.manifests);
       const explanation = explainConnection(cluster, parseExplainArgs(cluster, src, dest));
       process.stdout.write(flags.format === 'json' ? JSON.stringify(explanation, null, 2) + '\n' : renderExplanation(explanation));

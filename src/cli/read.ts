@@ -1,9 +1,9 @@
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
-import { EntryIndex } from '../index/index.ts';
+import type { EntryIndex } from '../index/index.ts';
 import type { LogEntry } from '../model/index.ts';
 import { canonicalForm, parseFilter } from '../query/index.ts';
-import { parseDuration } from '../server/index.ts';
+import { parseDuration } from '../server/config.ts';
 import { callApi, DEFAULT_SERVER, organizationOption, serverOption, tokenOption } from './client.ts';
 
 interface ReadOptions {
@@ -77,7 +77,7 @@ function pagesFromServer(server: string, options: ReadOptions, filter: string, l
 async function* pagesFromData(dir: string, options: ReadOptions, filter: string, limit: number): AsyncGenerator<LogEntry[]> {
   let index: EntryIndex;
   try {
-    index = await EntryIndex.open(join(dir, 'index.duckdb'));
+    index = await (await import('../index/index.ts')).EntryIndex.open(join(dir, 'index.duckdb'));
   } catch (err) {
     throw new Error(`cannot open the index in ${dir} (is a server running on it? then use --server): ${(err as Error).message}`, { cause: err });
   }

@@ -1,8 +1,5 @@
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { EntryIndex } from '../index/index.ts';
-import { IngestService } from '../ingest/index.ts';
-import { Ledger } from '../ledger/index.ts';
 import { createProgress } from './progress.ts';
 
 export function register(program: Command): void {
@@ -11,6 +8,7 @@ export function register(program: Command): void {
     .description('rebuild the index of a data directory from its ledger (stop the server first)')
     .option('--data <dir>', 'data directory', 'data')
     .action(async (options: { data: string }) => {
+      const [{ EntryIndex }, { IngestService }, { Ledger }] = await Promise.all([import('../index/index.ts'), import('../ingest/index.ts'), import('../ledger/index.ts')]);
       const dir = resolve(options.data);
       const ledger = await Ledger.open({ dir: join(dir, 'ledger') });
       const index = await EntryIndex.open(join(dir, 'index.duckdb'));

@@ -1,6 +1,4 @@
 import type { Command } from 'commander';
-import { loadServeConfig, startServer } from '../server/index.ts';
-import { startDemo } from '../server/demo.ts';
 
 export function register(program: Command): void {
   program
@@ -12,6 +10,7 @@ export function register(program: Command): void {
     .option('--config <file>', 'YAML configuration file')
     .option('--demo', 'also run the netpol, egress and dataproxy producers on demo data, writing into this store')
     .action(async (options: { data?: string; port?: string; host?: string; config?: string; demo?: boolean }) => {
+      const { loadServeConfig, startServer } = await import('../server/index.ts');
       const config = await loadServeConfig(options.config);
       if (options.data) config.data = options.data;
       if (options.port || options.host) {
@@ -21,7 +20,7 @@ export function register(program: Command): void {
       const server = await startServer(config);
       const lines = [`custos store listening on ${server.url} (data in ${config.data})`];
       if (server.adminTokenFile) lines.push(`first admin token written to ${server.adminTokenFile}`);
-      const demo = options.demo ? await startDemo(server, config.project) : undefined;
+      const demo = options.demo ? await (await import('../server/demo.ts')).startDemo(server, config.project) : undefined;
       if (demo) lines.push(...demo.describe);
       process.stdout.write(lines.join('\n') + '\n');
       const stop = async () => {

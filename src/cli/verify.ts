@@ -1,7 +1,7 @@
 import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
-import { verifyArchive, verifyDataDir, type VerifyReport } from '../ledger/index.ts';
+import type { VerifyReport } from '../ledger/index.ts';
 import { createProgress } from './progress.ts';
 
 /** Exit status when the data was read but is not intact (1 stays for "could not run"). */
@@ -43,6 +43,7 @@ export function register(program: Command): void {
       const dir = archive ? resolve(options.archive as string) : await ledgerDir(resolve(options.data ?? 'data'));
       const progress = createProgress(archive ? 'verify archive' : 'verify');
       const verifyOptions = { onProgress: (done: number, total: number) => progress.tick(done, `of ~${total.toLocaleString('en-US')} entries`), ...(options.key === undefined ? {} : { verifierKey: options.key }) };
+      const { verifyArchive, verifyDataDir } = await import('../ledger/index.ts');
       const report = archive ? await verifyArchive(dir, verifyOptions) : await verifyDataDir(dir, verifyOptions);
       if (report.ok) progress.finish(`intact: ${report.entries.toLocaleString('en-US')} entries in ${report.organizations.length} organization(s)`);
       else progress.finish(`FAILED after ${report.entries.toLocaleString('en-US')} entries`);
