@@ -124,6 +124,11 @@ export class EntryIndex {
     return this.serialized(() => this.append(org, rows));
   }
 
+  /** `insert` of consecutive entries from ledger index `first`, given as their JSON text joined by line feeds. */
+  insertRun(org: string, first: number, text: string): Promise<void> {
+    return this.insert(org, runRows(first, text));
+  }
+
   /** Runs `task` after every earlier insert, flush and cursor read, so none of them interleave. */
   private serialized<T>(task: () => Promise<T> | T): Promise<T> {
     const run = this.writes.then(task);
@@ -306,4 +311,12 @@ function sinceMicros(text: string): number {
   const parsed = parseTimestamp(text);
   if (!parsed) throw new QueryError('BAD_TIMESTAMP', `since: expected an RFC 3339 timestamp, got ${JSON.stringify(text)}`);
   return epochMicros(parsed);
+}
+
+/**
+ * The rows of a run: JSON text one entry per line (JSON text never holds a raw line feed), with ledger indexes from
+ * `first`.
+ */
+export function runRows(first: number, text: string): IndexRow[] {
+  return text.split('\n').map((json, i) => ({ index: first + i, json }));
 }

@@ -2,11 +2,11 @@
  * Worker side of `ThreadedEntryIndex`: hosts the DuckDB index and answers calls posted from the main thread.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { EntryIndex } from './entry-index.ts';
+import { EntryIndex, runRows } from './entry-index.ts';
 
 export interface IndexCall {
   id: number;
-  method: 'insert' | 'indexedSize' | 'list' | 'clear' | 'close';
+  method: 'insert' | 'insertRun' | 'indexedSize' | 'list' | 'clear' | 'close';
   args: unknown[];
 }
 
@@ -21,6 +21,9 @@ port.on('message', async ({ id, method, args }: IndexCall) => {
       const [org, indexes, text] = args as [string, number[], string];
       const lines = text.split('\n');
       result = await index.insert(org, indexes.map((index, i) => ({ index, json: lines[i] as string })));
+    } else if (method === 'insertRun') {
+      const [org, first, text] = args as [string, number, string];
+      result = await index.insert(org, runRows(first, text));
     } else if (method === 'indexedSize') result = await index.indexedSize(args[0] as string);
     else if (method === 'list') result = await index.list(args[0] as Parameters<EntryIndex['list']>[0]);
     else if (method === 'clear') result = await index.clear(args[0] as string | undefined);

@@ -4,4 +4,4 @@ export { ThreadedEntryIndex } from './threaded-index.ts';
 
 import type { EntryIndex } from './entry-index.ts';
 /** What the write and read paths need of an index, in-thread (`EntryIndex`) or on its own thread (`ThreadedEntryIndex`). */
-export type EntryIndexApi = Pick<EntryIndex, 'insert' | 'indexedSize' | 'list' | 'clear' | 'close'>;
+export type EntryIndexApi = Pick<EntryIndex, 'insert' | 'insertRun' | 'indexedSize' | 'list' | 'clear' | 'close'>;

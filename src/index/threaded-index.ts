@@ -72,6 +72,11 @@ export class ThreadedEntryIndex implements Pick<EntryIndex, 'insert' | 'indexedS
     return this.call('insert', org, rows.map((r) => r.index), rows.map((r) => r.json ?? JSON.stringify(r.entry)).join('\n'));
   }
 
+  /** One string crosses to the thread as it is: no work per row on this side. */
+  insertRun(org: string, first: number, text: string): Promise<void> {
+    return this.call('insertRun', org, first, text);
+  }
+
   indexedSize(org: string): Promise<number> {
     return this.call('indexedSize', org);
   }

@@ -4,8 +4,12 @@
  */
 export class InsertIdWindow {
   private readonly seen = new Map<string, Set<string>>();
-  private readonly order: [string, string][] = [];
-  private head = 0;
+  // The remembered ids in the order they came, as a ring once full: two flat arrays and no object per id, since every
+  // id stays long enough to be promoted by the garbage collector.
+  private readonly orgs: string[] = [];
+  private readonly ids: string[] = [];
+  /** Where the next id goes once the ring is full: the slot of the oldest one. */
+  private oldest = 0;
 
   constructor(private readonly capacity: number) {}
 
@@ -18,16 +22,15 @@ export class InsertIdWindow {
     if (!ids) this.seen.set(org, (ids = new Set()));
     if (ids.has(insertId)) return;
     ids.add(insertId);
-    this.order.push([org, insertId]);
-    if (this.order.length - this.head > this.capacity) {
-      const [oldOrg, oldId] = this.order[this.head++]!;
-      this.seen.get(oldOrg)?.delete(oldId);
-      // Compact now and then so the queue does not grow without bound.
-      if (this.head > 65_536 && this.head * 2 > this.order.length) {
-        this.order.splice(0, this.head);
-        this.head = 0;
-      }
+    if (this.ids.length < this.capacity) {
+      this.orgs.push(org);
+      this.ids.push(insertId);
+      return;
     }
+    this.seen.get(this.orgs[this.oldest]!)?.delete(this.ids[this.oldest]!);
+    this.orgs[this.oldest] = org;
+    this.ids[this.oldest] = insertId;
+    this.oldest = (this.oldest + 1) % this.capacity;
   }
 
   delete(org: string, insertId: string): void {

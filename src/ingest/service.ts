@@ -19,10 +19,11 @@ export interface WriteResult {
 
 type Subscriber = (entry: LogEntry) => void;
 
-/** Entries appended but not yet indexed: their canonical JSON, from ledger index `first` on. */
+/** Entries appended but not yet indexed: `count` canonical JSON texts joined by line feeds, from ledger index `first` on. */
 interface PendingRun {
   first: number;
-  lines: string[];
+  count: number;
+  text: string;
 }
 
 /** Rows per call into the index (which gathers them into row-group-sized commits of its own). */
@@ -35,8 +36,8 @@ const INDEX_BATCH = 131_072;
  */
 export class IngestService {
   private readonly dedupe: InsertIdWindow;
-  // Kept as canonical JSON text, not objects: a string per entry is cheap to hold while the index catches up and
-  // is what the index stores anyway.
+  // Kept as canonical JSON text, not objects, and one string per batch: it is what the index thread receives, and a
+  // garbage-collection scavenge has nothing of it to copy while it waits for the fsync and the index.
   private readonly pending = new Map<string, PendingRun[]>();
   private readonly indexedUpTo = new Map<string, number>();
   private readonly waiters = new Map<string, { size: number; resolve: () => void }[]>();
@@ -98,43 +99,49 @@ export class IngestService {
       lines.push(canonical[i] as string);
     });
     if (lines.length === 0) return Promise.resolve({ written: 0, duplicates, treeSize: this.ledger.treeSize(org) });
-    return this.append(org, insertIds, lines, duplicates);
+    const started = performance.now();
+    // The ledger frames the lines into its record buffer before this call returns; from here on they live on only
+    // as one joined string (a large object that scavenges do not copy).
+    const appending = this.ledger.appendCanonical(org, lines);
+    return this.afterAppend(org, insertIds, appending, started, lines.join('\n'), lines.length, duplicates);
   }
 
   /**
-   * Only the insertIds and the canonical text outlive the wait for the fsync: the entry objects die young, before
-   * a scavenge would have to copy them (in a CPU profile of bench/ingest-http.ts, garbage collection fell from ~13 % to
-   * ~5 % of the main thread).
+   * Only the insertIds and one string of canonical text outlive the wait for the fsync: the entry objects and the
+   * per-entry strings die young, before a scavenge would have to copy them (in CPU profiles of bench/ingest-http.ts,
+   * garbage collection fell from ~13 % to ~5 % of the main thread when the objects went; on a later machine it was
+   * ~17 %, and ~15 % once the per-entry strings went too).
    */
-  private async append(org: string, insertIds: string[], lines: string[], duplicates: number): Promise<WriteResult> {
+  private async afterAppend(
+    org: string, insertIds: string[], appending: Promise<{ firstIndex: number; treeSize: number }>, started: number, text: string, count: number, duplicates: number,
+  ): Promise<WriteResult> {
     let appended: { firstIndex: number; treeSize: number };
-    const started = performance.now();
     try {
-      appended = await this.ledger.appendCanonical(org, lines);
+      appended = await appending;
     } catch (err) {
       for (const insertId of insertIds) this.dedupe.delete(org, insertId);
       ingestMetrics.failures.inc({ org });
       throw err;
     }
     ingestMetrics.appendSeconds.observe((performance.now() - started) / 1000);
-    ingestMetrics.entries.inc({ org }, lines.length);
+    ingestMetrics.entries.inc({ org }, count);
     ingestMetrics.treeSize.set({ org }, appended.treeSize);
     // Entries the indexer already read back from the ledger (it runs concurrently) are not kept.
     const skip = Math.max(0, (this.indexedUpTo.get(org) ?? 0) - appended.firstIndex);
-    if (skip < lines.length) {
+    if (skip < count) {
       let runs = this.pending.get(org);
       if (!runs) this.pending.set(org, (runs = []));
-      runs.push({ first: appended.firstIndex + skip, lines: skip === 0 ? lines : lines.slice(skip) });
+      runs.push({ first: appended.firstIndex + skip, count: count - skip, text: skip === 0 ? text : linesOf(text, skip, count) });
     }
     this.scheduleIndexing();
     const subs = this.subscribers.get(org);
     if (subs?.size) {
-      for (const line of lines) {
+      for (const line of text.split('\n')) {
         const entry = JSON.parse(line) as LogEntry;
         for (const fn of subs) fn(entry);
       }
     }
-    return { written: lines.length, duplicates, treeSize: appended.treeSize, firstIndex: appended.firstIndex };
+    return { written: count, duplicates, treeSize: appended.treeSize, firstIndex: appended.firstIndex };
   }
 
   /** Resolves when the index holds every entry the ledger had when called (read-your-writes), or after `timeoutMs`. */
@@ -201,13 +208,17 @@ export class IngestService {
       let cursor = this.indexedUpTo.get(org) ?? (await this.index.indexedSize(org));
       const target = this.ledger.treeSize(org);
       while (cursor < target) {
-        const batch = this.takePending(org, cursor, Math.min(target, cursor + INDEX_BATCH));
-        if (batch.length === 0) {
+        const held = this.takePending(org, cursor, Math.min(target, cursor + INDEX_BATCH));
+        let taken = held?.count ?? 0;
+        if (held) await this.index.insertRun(org, cursor, held.text);
+        else {
+          const batch: IndexRow[] = [];
           for await (const rows of this.ledger.readBatches(org, cursor, Math.min(target, cursor + INDEX_BATCH))) batch.push(...rows);
+          if (batch.length > 0) await this.index.insert(org, batch);
+          taken = batch.length;
         }
-        if (batch.length === 0) break;
-        await this.index.insert(org, batch);
-        cursor += batch.length;
+        if (taken === 0) break;
+        cursor += taken;
         this.indexedUpTo.set(org, cursor);
         ingestMetrics.indexLag.set({ org }, this.ledger.treeSize(org) - cursor);
       }
@@ -221,22 +232,23 @@ export class IngestService {
   }
 
   /**
-   * The pending entries from `from` (up to `to`, exclusive) in one contiguous run, dropping runs that fall behind
-   * `from`; empty when the entry at `from` is not held in memory (after a restart, or appended by another path).
+   * The pending entries from `from` (up to `to`, exclusive) as one contiguous run of text, dropping runs that fall
+   * behind `from`; undefined when the entry at `from` is not held in memory (after a restart, or appended by another
+   * path).
    */
-  private takePending(org: string, from: number, to: number): IndexRow[] {
+  private takePending(org: string, from: number, to: number): { count: number; text: string } | undefined {
     const runs = this.pending.get(org) ?? [];
     runs.sort((a, b) => a.first - b.first);
-    while (runs.length > 0 && (runs[0] as PendingRun).first + (runs[0] as PendingRun).lines.length <= from) runs.shift();
-    const batch: IndexRow[] = [];
+    while (runs.length > 0 && (runs[0] as PendingRun).first + (runs[0] as PendingRun).count <= from) runs.shift();
+    const texts: string[] = [];
     let next = from;
     for (const run of runs) {
       if (run.first > next || next >= to) break;
-      const end = Math.min(run.first + run.lines.length, to);
-      for (let i = next; i < end; i++) batch.push({ index: i, json: run.lines[i - run.first] as string });
+      const end = Math.min(run.first + run.count, to);
+      texts.push(next === run.first && end === run.first + run.count ? run.text : linesOf(run.text, next - run.first, end - run.first));
       next = end;
     }
-    return batch;
+    return next > from ? { count: next - from, text: texts.join('\n') } : undefined;
   }
 
   /** Rebuilds the index of one or all organizations from the ledger (`custos reindex`). */
@@ -290,4 +302,16 @@ export class InProcessSink implements EntrySink {
   }
 
   async close(): Promise<void> {}
+}
+
+/** Lines [from, to) of text whose lines are separated by line feeds, joined the same way. */
+export function linesOf(text: string, from: number, to: number): string {
+  let start = 0;
+  for (let i = 0; i < from; i++) start = text.indexOf('\n', start) + 1;
+  let end = start;
+  for (let i = from; i < to; i++) {
+    const feed = text.indexOf('\n', end);
+    end = feed < 0 ? text.length : feed + 1;
+  }
+  return text.slice(start, end === text.length ? end : end - 1);
 }
