@@ -1,4 +1,5 @@
 import { hash } from 'node:crypto';
+import type { Dirent } from 'node:fs';
 import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
@@ -19,9 +20,18 @@ export interface ArchiveTarget {
   /** Stores `body` under `key`; resolves once it is durable. */
   put(key: string, body: Uint8Array): Promise<void>;
   get(key: string): Promise<Buffer | undefined>;
-  /** Keys under `prefix` (which ends with `/`), sorted. */
+  /** Keys directly under `prefix` (which ends with `/`), sorted. */
   list(prefix: string): Promise<string[]>;
+  /** The `/`-ended prefixes directly under `prefix` (`''` or ending with `/`), sorted: how organizations are found. */
+  listPrefixes(prefix: string): Promise<string[]>;
   describe(): string;
+}
+
+/** Keys come from manifests, which are untrusted input when verifying, so no key may name a parent or an empty part. */
+export function assertArchiveKey(key: string): void {
+  if (key.split('/').some((part) => part === '' || part === '.' || part === '..')) {
+    throw new LedgerError('INVALID_ARGUMENT', `archive key ${JSON.stringify(key)} has an empty, "." or ".." part`);
+  }
 }
 
 /** A local directory as the bucket (a mounted volume, NFS, or a directory another tool syncs to object storage). */
@@ -33,11 +43,20 @@ export class DirectoryArchiveTarget implements ArchiveTarget {
   }
 
   private pathOf(key: string): string {
+    assertArchiveKey(key);
     const path = resolve(this.root, key);
-    if (!path.startsWith(this.root + sep) || key.split('/').some((part) => part === '' || part === '.' || part === '..')) {
-      throw new LedgerError('INVALID_ARGUMENT', `archive key ${JSON.stringify(key)} leaves the archive directory`);
-    }
+    if (!path.startsWith(this.root + sep)) throw new LedgerError('INVALID_ARGUMENT', `archive key ${JSON.stringify(key)} leaves the archive directory`);
     return path;
+  }
+
+  private async entriesUnder(prefix: string): Promise<Dirent[]> {
+    const base = prefix === '' ? this.root : this.pathOf(prefix.replace(/\/$/, ''));
+    try {
+      return await readdir(base, { withFileTypes: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
   }
 
   async put(key: string, body: Uint8Array): Promise<void> {
@@ -56,13 +75,11 @@ export class DirectoryArchiveTarget implements ArchiveTarget {
   }
 
   async list(prefix: string): Promise<string[]> {
-    const base = prefix === '' ? this.root : this.pathOf(prefix.replace(/\/$/, ''));
-    try {
-      return (await readdir(base, { withFileTypes: true })).filter((d) => d.isFile() && !d.name.includes('.tmp-')).map((d) => prefix + d.name).sort();
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw err;
-    }
+    return (await this.entriesUnder(prefix)).filter((d) => d.isFile() && !d.name.includes('.tmp-')).map((d) => prefix + d.name).sort();
+  }
+
+  async listPrefixes(prefix: string): Promise<string[]> {
+    return (await this.entriesUnder(prefix)).filter((d) => d.isDirectory()).map((d) => `${prefix}${d.name}/`).sort();
   }
 
   describe(): string {

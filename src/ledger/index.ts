@@ -7,3 +7,4 @@ export { openCheckpoint, parseCheckpointText, type Checkpoint } from './checkpoi
 export { parseVerifierKey, openNote, type NoteVerifier } from './note.ts';
 export { verifyDataDir, verifyArchive, type VerifyReport, type VerifyFailure, type VerifyOptions, type OrganizationReport } from './verify.ts';
 export { DirectoryArchiveTarget, type ArchiveTarget, type SegmentManifest } from './archive.ts';
+export { S3ArchiveTarget, S3RequestError, parseS3Url, s3CredentialsFromEnv, type S3ArchiveOptions, type S3Credentials } from './s3-archive.ts';

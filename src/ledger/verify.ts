@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { openCheckpoint, type Checkpoint } from './checkpoint.ts';
 import { LedgerError, type LedgerErrorCode } from './errors.ts';
-import { ARCHIVE_VERIFIER_KEY, DirectoryArchiveTarget, manifestKey, sha256Hex, type ArchiveTarget, type SegmentManifest } from './archive.ts';
+import { ARCHIVE_VERIFIER_KEY, archiveTargetOf, manifestKey, sha256Hex, type ArchiveTarget, type SegmentManifest } from './archive.ts';
 import { loadVerifier, readLedgerMeta, VERIFIER_KEY_FILE } from './keys.ts';
 import { CompactRange, HASH_SIZE, leafHashes } from './merkle.ts';
 import { ScanPool } from './scan-pool.ts';
@@ -47,6 +47,7 @@ export interface OrganizationReport {
 export interface VerifyReport {
   ok: boolean;
   source: 'data' | 'archive';
+  /** The directory verified, or the archive target's `describe()`. */
   dir: string;
   entries: number;
   organizations: OrganizationReport[];
@@ -209,19 +210,21 @@ class CheckpointChecker {
 }
 
 /**
- * Verifies an archive directory: for every organization, the manifest chain (each manifest names the SHA-256 of
- * the one before, and segments follow each other without gap), each object's hashes, every entry's leaf, and
- * the root and signed checkpoint each manifest commits to.
+ * Verifies an archive (a directory path or any `ArchiveTarget`): for every organization, the manifest chain (each
+ * manifest names the SHA-256 of the one before, and segments follow each other without gap), each object's hashes,
+ * every entry's leaf, and the root and signed checkpoint each manifest commits to.
  */
-export async function verifyArchive(dir: string, options: VerifyOptions = {}): Promise<VerifyReport> {
-  const report: VerifyReport = { ok: true, source: 'archive', dir, entries: 0, organizations: [], warnings: [] };
+export async function verifyArchive(archive: string | ArchiveTarget, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const report: VerifyReport = { ok: true, source: 'archive', dir: typeof archive === 'string' ? archive : archive.describe(), entries: 0, organizations: [], warnings: [] };
   try {
-    await stat(dir).catch(() => {
-      throw new LedgerError('MISSING_FILE', `archive directory ${dir} not found`);
-    });
-    const target = new DirectoryArchiveTarget(dir);
+    if (typeof archive === 'string') {
+      await stat(archive).catch(() => {
+        throw new LedgerError('MISSING_FILE', `archive directory ${archive} not found`);
+      });
+    }
+    const target = archiveTargetOf(archive);
     const verifier = options.verifierKey !== undefined ? await loadVerifier(options.verifierKey) : await archiveVerifier(target);
-    const orgs = (await readdir(dir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+    const orgs = (await target.listPrefixes('')).map((prefix) => prefix.slice(0, -1));
     const manifestsByOrg = new Map<string, { key: string; bytes: Buffer; manifest: SegmentManifest }[]>();
     let total = 0;
     for (const org of orgs) {

@@ -18,7 +18,25 @@ const configSchema = z
     data: z.string().default('data'),
     listen: z.string().default('127.0.0.1:8080'),
     project: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/).default('custos'),
-    archive: z.object({ dir: z.string(), maxDelay: duration.default('24h') }).strict().optional(),
+    archive: z
+      .object({
+        dir: z.string().optional(),
+        // No credentials here: they come from the environment only, so a config file never holds a secret.
+        s3: z
+          .object({
+            bucket: z.string().min(1),
+            region: z.string().min(1),
+            endpoint: z.url({ protocol: /^https?$/ }).optional(),
+            prefix: z.string().optional(),
+            addressing: z.enum(['path', 'virtual']).default('path'),
+          })
+          .strict()
+          .optional(),
+        maxDelay: duration.default('24h'),
+      })
+      .strict()
+      .refine((archive) => (archive.dir === undefined) !== (archive.s3 === undefined), 'give exactly one of dir or s3')
+      .optional(),
     limits: z
       .object({
         maxEntryBytes: z.number().int().positive().default(DEFAULT_LIMITS.maxEntryBytes),

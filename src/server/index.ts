@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ThreadedEntryIndex } from '../index/index.ts';
 import { IngestService } from '../ingest/index.ts';
-import { Ledger } from '../ledger/index.ts';
+import { Ledger, S3ArchiveTarget, s3CredentialsFromEnv, type ArchiveTarget } from '../ledger/index.ts';
 import { DEFAULT_LIMITS } from '../model/index.ts';
 import { componentLogger, splitHostPort } from '../telemetry/index.ts';
 import { buildApp } from './app.ts';
@@ -28,6 +28,15 @@ export interface RunningServer {
 }
 
 const log = componentLogger('server');
+
+function archiveTarget(archive: NonNullable<ServeConfig['archive']>, env: NodeJS.ProcessEnv): ArchiveTarget | string {
+  if (!archive.s3) return resolve(archive.dir as string);
+  const { bucket, region, endpoint, prefix, addressing } = archive.s3;
+  return new S3ArchiveTarget({
+    bucket, region, addressing, credentials: s3CredentialsFromEnv(env),
+    ...(endpoint === undefined ? {} : { endpoint }), ...(prefix === undefined ? {} : { prefix }),
+  });
+}
 
 /** Opens the store in `config.data` and serves the API. */
 export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = process.env): Promise<RunningServer> {
@@ -54,7 +63,7 @@ export async function startServer(config: ServeConfig, env: NodeJS.ProcessEnv = 
   try {
     const ledger = await Ledger.open({
       dir: join(dataDir, 'ledger'),
-      ...(config.archive ? { archive: { target: resolve(config.archive.dir), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
+      ...(config.archive ? { archive: { target: archiveTarget(config.archive, env), maxDelayMs: parseDuration(config.archive.maxDelay)! } } : {}),
     });
     opened.push(() => ledger.close());
     const index = await ThreadedEntryIndex.open(join(dataDir, 'index.duckdb'));
