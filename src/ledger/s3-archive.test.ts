@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { sampleEntry } from '../../test/fixtures/ledger/entries.ts';
+import { fillAndArchive } from '../../test/fixtures/ledger/entries.ts';
 import { ADMIN, entry } from '../../test/helpers/store.ts';
 import { loadServeConfig, startServer } from '../server/index.ts';
 import { Ledger, verifyArchive } from './index.ts';
@@ -214,14 +214,7 @@ describe('the ledger archiving to s3rver', () => {
   let segmentKeys: string[] = [];
 
   before(async () => {
-    const ledger = await Ledger.open({ dir: await tempDir(), segmentMaxBytes: 8 * 1024, archive: { target: target({ prefix }) } });
-    for (let batch = 0; batch < 3; batch++) {
-      await ledger.append('acme', Array.from({ length: 40 }, (_, n) => sampleEntry(batch * 40 + n)));
-      await ledger.checkpoint('acme');
-    }
-    await ledger.append('beta', Array.from({ length: 5 }, (_, n) => sampleEntry(n, 'beta')));
-    await ledger.archive({ force: true });
-    await ledger.close();
+    await fillAndArchive(await Ledger.open({ dir: await tempDir(), segmentMaxBytes: 8 * 1024, archive: { target: target({ prefix }) } }));
     segmentKeys = await target({ prefix }).list('acme/segments/');
   });
 

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { after, before, describe, it } from 'node:test';
-import { sampleEntry } from '../../test/fixtures/ledger/entries.ts';
+import { fillAndArchive, sampleEntry } from '../../test/fixtures/ledger/entries.ts';
 import { canonicalJson } from './canonical.ts';
 import { signCheckpoint } from './checkpoint.ts';
 import { Ledger, verifyArchive, verifyDataDir, type VerifyReport } from './index.ts';
@@ -33,14 +33,7 @@ let segmentNames: string[];
 before(async () => {
   pristine = await tempDir();
   pristineArchive = await tempDir();
-  const ledger = await Ledger.open({ dir: pristine, segmentMaxBytes: SEGMENT_MAX, archive: { target: pristineArchive } });
-  for (let batch = 0; batch < 3; batch++) {
-    await ledger.append('acme', Array.from({ length: 40 }, (_, n) => sampleEntry(batch * 40 + n)));
-    await ledger.checkpoint('acme');
-  }
-  await ledger.append('beta', Array.from({ length: 5 }, (_, n) => sampleEntry(n, 'beta')));
-  await ledger.archive({ force: true });
-  await ledger.close();
+  await fillAndArchive(await Ledger.open({ dir: pristine, segmentMaxBytes: SEGMENT_MAX, archive: { target: pristineArchive } }));
   segmentNames = (await readdir(join(pristine, 'orgs', 'acme', 'segments'))).sort();
 });
 
