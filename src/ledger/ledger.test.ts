@@ -70,6 +70,26 @@ describe('Ledger', () => {
     assert.equal(report.entries, 27);
   });
 
+  it('keeps the tree past 65,536 entries in spill files, proves across them, and rebuilds them at reopen', async () => {
+    const dir = await tempDir();
+    const ledger = await Ledger.open({ dir });
+    const total = 70_000;
+    for (let at = 0; at < total; at += 5000) await ledger.append('acme', Array.from({ length: 5000 }, (_, n) => sampleEntry(at + n, 'acme', 0)));
+    const spillFile = join(dir, 'orgs', 'acme', 'tree', 'level-0.hashes');
+    assert.equal((await stat(spillFile)).size, 65_536 * 32, 'the first full chunk of leaf hashes went to the file');
+    const root = ledger.rootHash('acme');
+    const proofs = [3, 65_535, 65_536, 69_999].map((index) => ({ index, proof: ledger.inclusionProof('acme', index) }));
+    for (const { index, proof } of proofs) {
+      assert.ok(verifyInclusion(index, total, leafHash(Buffer.from(canonicalJson(sampleEntry(index, 'acme', 0)))), proof.hashes, Buffer.from(root, 'base64')), `entry ${index}`);
+    }
+    assert.ok(verifyConsistency(1000, total, ledger.consistencyProof('acme', 1000, total).hashes, ledger.rootHash('acme', 1000), root));
+    await ledger.close();
+    const reopened = await Ledger.open({ dir });
+    assert.equal(reopened.rootHash('acme'), root);
+    for (const { index, proof } of proofs) assert.deepEqual(reopened.inclusionProof('acme', index), proof);
+    await reopened.close();
+  });
+
   it('stores canonical JSON given by the caller as is, and refuses appends after close', async () => {
     const dir = await tempDir();
     const ledger = await Ledger.open({ dir });

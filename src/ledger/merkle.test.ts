@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { crc32 } from 'node:zlib';
 import {
@@ -130,6 +132,46 @@ describe('batched hashing', () => {
           assert.deepEqual(batched.inclusionProof(index, size).map(hex), single.inclusionProof(index, size).map(hex));
         }
       }
+    }
+  });
+});
+
+describe('a tree that spills its stored levels to files', () => {
+  it('answers every root and proof as the in-memory tree does, reading spilled chunks back past its small cache', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'custos-tree-'));
+    try {
+      const many = Array.from({ length: 700 }, (_, i) => createHash('sha256').update(`spilled leaf ${i}`).digest());
+      const spilled = new MerkleTree({ spillDir: dir, chunkHashes: 4, cachedChunks: 2 });
+      const memory = new MerkleTree();
+      let seed = 11;
+      const random = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+      for (let at = 0; at < many.length;) {
+        const size = Math.min(many.length - at, 1 + random(40));
+        const chunk = Buffer.concat(many.slice(at, at + size));
+        spilled.appendLeaves(chunk, size);
+        memory.appendLeaves(Buffer.from(chunk), size);
+        at += size;
+      }
+      for (let k = 0; k < 5; k++) {
+        spilled.append(many[k]!);
+        memory.append(many[k]!);
+      }
+      // levels 0 and 4 filled chunks of 4 hashes, which went to files; level 8 (2 nodes) has not filled one yet
+      assert.deepEqual(readdirSync(dir).sort(), ['level-0.hashes', 'level-4.hashes']);
+      assert.equal(statSync(join(dir, 'level-0.hashes')).size, Math.floor(705 / 4) * 4 * 32);
+      for (const size of [1, 2, 5, 64, 255, 256, 257, 511, 700, 705]) {
+        assert.equal(hex(spilled.root(size)), hex(memory.root(size)), `root(${size})`);
+        for (const index of new Set([0, size >> 1, size - 1])) {
+          assert.deepEqual(spilled.inclusionProof(index, size).map(hex), memory.inclusionProof(index, size).map(hex), `inclusion ${index}/${size}`);
+        }
+        for (const from of new Set([1, size >> 2, size - 1])) {
+          if (from >= 1) assert.deepEqual(spilled.consistencyProof(from, size).map(hex), memory.consistencyProof(from, size).map(hex));
+        }
+      }
+      for (let i = 0; i < 705; i += 37) assert.equal(hex(spilled.leaf(i)), hex(memory.leaf(i)));
+      spilled.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

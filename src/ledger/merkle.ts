@@ -1,4 +1,6 @@
 import { hash } from 'node:crypto';
+import { closeSync, openSync, readSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
 import { hashRanges } from './digest.ts';
 import { LedgerError } from './errors.ts';
 
@@ -64,42 +66,113 @@ function isPowerOfTwo(x: number): boolean {
   return x === 1;
 }
 
-/** Append-only growable array of 32-byte hashes in 2 MiB chunks, so growth never copies what is stored. */
+/** How a tree stores its hashes: in memory only, or spilling every filled chunk to a file per stored level. */
+export interface TreeStorage {
+  /** A directory for the spill files (`level-N.hashes`); they are derived data, rewritten whenever the tree is rebuilt. */
+  spillDir?: string;
+  /** Hashes per chunk (default 65,536, i.e. 2 MiB). */
+  chunkHashes?: number;
+  /** Spilled chunks kept in memory per stored level, most recently used first (default 8). */
+  cachedChunks?: number;
+}
+
+/**
+ * Append-only growable array of 32-byte hashes in chunks, so growth never copies what is stored. With a spill file,
+ * every chunk that fills is written to it and only the chunk being filled plus a few recently read ones stay in
+ * memory: a log of 100 M entries would otherwise hold ~3.4 GB of hashes.
+ */
 class HashArray {
-  private static readonly CHUNK = 65536;
-  private readonly chunks: Buffer[] = [];
+  private readonly chunkBytes: number;
+  /** The chunks held in memory: all of them without a spill file, else only the one being filled. */
+  private readonly chunks: (Buffer | undefined)[] = [];
+  /** Spilled chunks read back, least recently used first. */
+  private readonly cache = new Map<number, Buffer>();
+  private fd: number | undefined;
   length = 0;
+
+  constructor(
+    private readonly chunkHashes: number,
+    private readonly spillPath: string | undefined,
+    private readonly cachedChunks: number,
+  ) {
+    this.chunkBytes = chunkHashes * HASH_SIZE;
+  }
 
   /** Appends `count` hashes stored back to back in `values`, copying whole runs at a time. */
   pushAll(values: Uint8Array, count: number): void {
     for (let done = 0; done < count;) {
-      const chunkIndex = Math.floor(this.length / HashArray.CHUNK);
-      if (chunkIndex === this.chunks.length) this.chunks.push(Buffer.allocUnsafe(HashArray.CHUNK * HASH_SIZE));
-      const slot = this.length % HashArray.CHUNK;
-      const run = Math.min(count - done, HashArray.CHUNK - slot);
-      (this.chunks[chunkIndex] as Buffer).set(values.subarray(done * HASH_SIZE, (done + run) * HASH_SIZE), slot * HASH_SIZE);
+      const chunkIndex = Math.floor(this.length / this.chunkHashes);
+      const chunk = (this.chunks[chunkIndex] ??= Buffer.allocUnsafe(this.chunkBytes));
+      const slot = this.length % this.chunkHashes;
+      const run = Math.min(count - done, this.chunkHashes - slot);
+      chunk.set(values.subarray(done * HASH_SIZE, (done + run) * HASH_SIZE), slot * HASH_SIZE);
       this.length += run;
       done += run;
+      if (this.spillPath !== undefined && slot + run === this.chunkHashes) this.spill(chunkIndex, chunk);
     }
   }
 
   get(index: number): Buffer {
-    const chunk = this.chunks[Math.floor(index / HashArray.CHUNK)] as Buffer;
-    const offset = (index % HashArray.CHUNK) * HASH_SIZE;
+    const chunkIndex = Math.floor(index / this.chunkHashes);
+    const chunk = this.chunks[chunkIndex] ?? this.cached(chunkIndex);
+    const offset = (index % this.chunkHashes) * HASH_SIZE;
     return chunk.subarray(offset, offset + HASH_SIZE);
+  }
+
+  close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  // Synchronous: one 2 MiB write per 65,536 hashes of a level (about a millisecond, to the page cache; the file is
+  // derived, so it is never synced), and proofs, which read it, are answered synchronously too.
+  private spill(chunkIndex: number, chunk: Buffer): void {
+    this.fd ??= openSync(this.spillPath as string, 'w+');
+    for (let written = 0; written < chunk.length;) {
+      written += writeSync(this.fd, chunk, written, chunk.length - written, chunkIndex * this.chunkBytes + written);
+    }
+    this.chunks[chunkIndex] = undefined;
+    this.remember(chunkIndex, chunk);
+  }
+
+  private cached(chunkIndex: number): Buffer {
+    let chunk = this.cache.get(chunkIndex);
+    if (chunk === undefined) {
+      chunk = Buffer.allocUnsafe(this.chunkBytes);
+      for (let read = 0; read < chunk.length;) {
+        const n = readSync(this.fd as number, chunk, read, chunk.length - read, chunkIndex * this.chunkBytes + read);
+        if (n === 0) throw new LedgerError('IO_ERROR', `${this.spillPath} ends inside chunk ${chunkIndex}`);
+        read += n;
+      }
+    } else this.cache.delete(chunkIndex);
+    this.remember(chunkIndex, chunk);
+    return chunk;
+  }
+
+  private remember(chunkIndex: number, chunk: Buffer): void {
+    this.cache.set(chunkIndex, chunk);
+    if (this.cache.size > this.cachedChunks) this.cache.delete(this.cache.keys().next().value as number);
   }
 }
 
 /**
  * A Merkle tree that answers roots and proofs for any size up to its own without rereading entries. It keeps the
- * hashes of every complete subtree on levels 0, 4, 8, … (about 34 bytes per leaf) and rebuilds a node on the levels
- * in between from at most 8 stored descendants; the right edge is a compact range (one pending node per level).
+ * hashes of every complete subtree on levels 0, 4, 8, … (about 34 bytes per leaf, in memory or spilled to files, see
+ * `TreeStorage`) and rebuilds a node on the levels in between from at most 8 stored descendants; the right edge is a
+ * compact range (one pending node per level).
  */
 export class MerkleTree {
   private static readonly KEEP_EVERY = 4;
   private readonly levels: HashArray[] = [];
   private readonly frontier: (Buffer | undefined)[] = [];
   private count = 0;
+
+  constructor(private readonly storage: TreeStorage = {}) {}
+
+  /** Closes the spill files; the tree must not be used afterwards. */
+  close(): void {
+    for (const level of this.levels) level.close();
+  }
 
   get size(): number {
     return this.count;
@@ -223,7 +296,10 @@ export class MerkleTree {
   private keep(level: number, nodes: Buffer, count = 1): void {
     if (level % MerkleTree.KEEP_EVERY !== 0) return;
     const stored = level / MerkleTree.KEEP_EVERY;
-    while (this.levels.length <= stored) this.levels.push(new HashArray());
+    while (this.levels.length <= stored) {
+      const { spillDir, chunkHashes = 65_536, cachedChunks = 8 } = this.storage;
+      this.levels.push(new HashArray(chunkHashes, spillDir === undefined ? undefined : join(spillDir, `level-${this.levels.length * MerkleTree.KEEP_EVERY}.hashes`), cachedChunks));
+    }
     (this.levels[stored] as HashArray).pushAll(nodes, count);
   }
 

@@ -43,6 +43,7 @@ export interface OrgLogOptions {
 
 export const CHECKPOINT_HISTORY = 'checkpoints.log';
 export const ARCHIVE_STATE = 'archive.json';
+export const TREE_DIR = 'tree';
 
 /**
  * Reads the checkpoint history: one JSON string (a signed note) per line. A last line without its newline is a
@@ -76,7 +77,7 @@ export async function readCheckpointHistory(path: string): Promise<{ notes: stri
  * only grows once the bytes are durable, so a failed write leaves nothing half-applied.
  */
 export class OrgLog {
-  readonly tree = new MerkleTree();
+  readonly tree: MerkleTree;
   readonly segments: SegmentInfo[] = [];
   private active: { info: SegmentInfo; file: FileHandle } | undefined;
   private pending: PendingAppend[] = [];
@@ -92,7 +93,11 @@ export class OrgLog {
     readonly org: string,
     readonly dir: string,
     private readonly options: OrgLogOptions,
-  ) {}
+  ) {
+    // The stored tree levels go to files as they fill, so memory does not grow with the log; they are rebuilt from the
+    // segments at every open.
+    this.tree = new MerkleTree({ spillDir: join(dir, TREE_DIR) });
+  }
 
   get origin(): string {
     return this.options.origin;
@@ -105,6 +110,7 @@ export class OrgLog {
   static async create(org: string, dir: string, options: OrgLogOptions): Promise<OrgLog> {
     const log = new OrgLog(org, dir, options);
     await mkdir(log.segmentsDir, { recursive: true });
+    await mkdir(join(dir, TREE_DIR), { recursive: true });
     await syncDirectory(dir);
     await syncDirectory(join(dir, '..'));
     return log;
@@ -379,6 +385,7 @@ export class OrgLog {
     return this.serially(async () => {
       await this.flush();
       await this.sealActive();
+      this.tree.close();
     });
   }
 }
