@@ -32,6 +32,17 @@ describe('canonicalJson (RFC 8785)', () => {
   ];
   for (const [name, value, expected] of rows) it(name, () => assert.equal(canonicalJson(value), expected));
 
+  it('refuses a lone surrogate in a member name every time, not only the first, and keeps paired ones', () => {
+    for (let round = 0; round < 3; round++) {
+      assert.throws(() => canonicalJson({ ok: 1, ['k\udc00']: round }), (err: unknown) => err instanceof LedgerError && err.code === 'INVALID_ENTRY');
+      assert.equal(canonicalJson({ ['e\ud83d\ude00']: round }), `{"e\ud83d\ude00":${round}}`);
+      assert.throws(() => canonicalJson([{ s: 'x' }, { t: 'y\ud800' }]), (err: unknown) => err instanceof LedgerError);
+      // past the short-string scan, too
+      assert.throws(() => canonicalJson({ long: 'a'.repeat(100) + '\udfff' }), (err: unknown) => err instanceof LedgerError);
+      assert.equal(canonicalJson({ long: 'a'.repeat(100) + '\ud83d\ude00' }), `{"long":"${'a'.repeat(100)}\ud83d\ude00"}`);
+    }
+  });
+
   it('accepts the text of an escape (backslash, u, d, 8, …) and paired surrogates', () => {
     assert.equal(canonicalJson({ s: '\\ud800', e: '\ud83d\ude00' }), '{"e":"\ud83d\ude00","s":"\\\\ud800"}');
   });
