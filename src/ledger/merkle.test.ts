@@ -174,6 +174,21 @@ describe('a tree that spills its stored levels to files', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('keeps a level in memory when its spill file cannot be written, and still answers every proof', () => {
+    const many = Array.from({ length: 100 }, (_, i) => createHash('sha256').update(`leaf ${i}`).digest());
+    // a spill directory that does not exist: opening the file fails as a full or read-only disk would
+    const unwritable = new MerkleTree({ spillDir: join(tmpdir(), `custos-no-such-dir-${process.pid}`, 'tree'), chunkHashes: 4, cachedChunks: 1 });
+    const memory = new MerkleTree();
+    unwritable.appendLeaves(Buffer.concat(many), many.length);
+    memory.appendLeaves(Buffer.concat(many), many.length);
+    assert.equal(unwritable.size, 100);
+    for (const size of [1, 9, 64, 100]) {
+      assert.equal(hex(unwritable.root(size)), hex(memory.root(size)));
+      assert.deepEqual(unwritable.inclusionProof(0, size).map(hex), memory.inclusionProof(0, size).map(hex));
+    }
+    unwritable.close();
+  });
 });
 
 describe('RFC 6962 test leaves', () => {

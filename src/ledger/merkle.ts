@@ -2,6 +2,7 @@ import { hash } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { hashRanges } from './digest.ts';
+import { componentLogger } from '../telemetry/index.ts';
 import { LedgerError } from './errors.ts';
 
 /**
@@ -88,6 +89,7 @@ class HashArray {
   /** Spilled chunks read back, least recently used first. */
   private readonly cache = new Map<number, Buffer>();
   private fd: number | undefined;
+  private spillFailed = false;
   length = 0;
 
   constructor(
@@ -125,11 +127,20 @@ class HashArray {
   }
 
   // Synchronous: one 2 MiB write per 65,536 hashes of a level (about a millisecond, to the page cache; the file is
-  // derived, so it is never synced), and proofs, which read it, are answered synchronously too.
+  // derived, so it is never synced), and proofs, which read it, are answered synchronously too. A spill that fails
+  // (a full disk) must not fail the append that filled the chunk, whose entries are already durable: the chunk, and
+  // every later one, then stays in memory as if there were no spill file.
   private spill(chunkIndex: number, chunk: Buffer): void {
-    this.fd ??= openSync(this.spillPath as string, 'w+');
-    for (let written = 0; written < chunk.length;) {
-      written += writeSync(this.fd, chunk, written, chunk.length - written, chunkIndex * this.chunkBytes + written);
+    if (this.spillFailed) return;
+    try {
+      this.fd ??= openSync(this.spillPath as string, 'w+');
+      for (let written = 0; written < chunk.length;) {
+        written += writeSync(this.fd, chunk, written, chunk.length - written, chunkIndex * this.chunkBytes + written);
+      }
+    } catch (err) {
+      this.spillFailed = true;
+      componentLogger('ledger').warn({ err, file: this.spillPath }, 'could not write the tree spill file; keeping this tree level in memory');
+      return;
     }
     this.chunks[chunkIndex] = undefined;
     this.remember(chunkIndex, chunk);
