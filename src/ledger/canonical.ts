@@ -5,9 +5,6 @@ const MAX_DEPTH = 512;
 // the output finds the rare candidates and only then are the strings checked exactly.
 const ESCAPED_SURROGATE = /\\ud[89a-f]/i;
 const LONE_SURROGATE = /\p{Cs}/u;
-const ANY_SURROGATE = /[\ud800-\udfff]/;
-/** Set when a string holding a surrogate was serialized: only then can the output hold a lone one's escape. */
-let surrogates = false;
 // Member names repeat across entries (`insertId`, `logName`, …): their serialized form is kept, up to a bound.
 const quotedNames = new Map<string, string>();
 const MAX_QUOTED_NAMES = 10_000;
@@ -18,12 +15,8 @@ const MAX_QUOTED_NAMES = 10_000;
  * JSON.stringify does (RFC 8785 §3.2.2). Values JSON cannot represent are refused rather than guessed.
  */
 export function canonicalJson(value: unknown): string {
-  const outer = surrogates; // a toJSON may serialize something itself
-  surrogates = false;
   const json = serialize(value, 0);
-  const found = surrogates;
-  surrogates = outer || found;
-  if (found && ESCAPED_SURROGATE.test(json) && hasLoneSurrogate(value, 0)) {
+  if (ESCAPED_SURROGATE.test(json) && hasLoneSurrogate(value, 0)) {
     throw new LedgerError('INVALID_ENTRY', 'string contains a lone surrogate (not I-JSON, RFC 8785 §3.2.2.2)');
   }
   return json;
@@ -38,37 +31,11 @@ function hasLoneSurrogate(value: unknown, depth: number): boolean {
   return Object.entries(value).some(([name, member]) => LONE_SURROGATE.test(name) || hasLoneSurrogate(member, depth + 1));
 }
 
-/**
- * A string as JSON.stringify writes it. Most strings in entries are short and need no escape, and for those a scan
- * here is cheaper than a call into JSON.stringify; anything with a control character, a quote, a backslash or a
- * surrogate (lone ones must come out escaped for the check in `canonicalJson`) goes to JSON.stringify.
- */
-const SHORT_STRING = 80;
-function quoteString(text: string): string {
-  if (text.length > SHORT_STRING) {
-    if (!surrogates && ANY_SURROGATE.test(text)) surrogates = true;
-    return JSON.stringify(text);
-  }
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (c >= 0xd800 && c <= 0xdfff) {
-      surrogates = true;
-      return JSON.stringify(text);
-    }
-    if (c < 0x20 || c === 0x22 || c === 0x5c) return JSON.stringify(text);
-  }
-  return '"' + text + '"';
-}
-
 function quoteName(name: string): string {
   let quoted = quotedNames.get(name);
   if (quoted === undefined) {
-    const before = surrogates;
-    surrogates = false;
-    quoted = quoteString(name);
-    // a name that may hold a surrogate is not kept: each use must raise the flag again
-    if (!surrogates && quotedNames.size < MAX_QUOTED_NAMES) quotedNames.set(name, quoted);
-    surrogates ||= before;
+    quoted = JSON.stringify(name);
+    if (quotedNames.size < MAX_QUOTED_NAMES) quotedNames.set(name, quoted);
   }
   return quoted;
 }
@@ -76,11 +43,10 @@ function quoteName(name: string): string {
 const omitted = (value: unknown): boolean => value === undefined || typeof value === 'function' || typeof value === 'symbol';
 
 function serialize(value: unknown, depth: number): string {
-  if (typeof value === 'string') return quoteString(value);
+  if (typeof value === 'string') return JSON.stringify(value);
   if (typeof value === 'number') {
     if (!Number.isFinite(value)) throw new LedgerError('INVALID_ENTRY', `number ${value} has no JSON form`);
-    // Number::toString, which JSON.stringify and RFC 8785 §3.2.2.3 use for finite numbers (-0 gives "0" too)
-    return String(value);
+    return JSON.stringify(value);
   }
   if (typeof value === 'boolean') return value ? 'true' : 'false';
   if (value === null) return 'null';
@@ -98,14 +64,7 @@ function serialize(value: unknown, depth: number): string {
     return out + ']';
   }
   const record = value as Record<string, unknown>;
-  const names = Object.keys(record);
-  // Entries built by Custos and many clients' already list members in order: check before sorting.
-  for (let i = 1; i < names.length; i++) {
-    if ((names[i - 1] as string) > (names[i] as string)) {
-      names.sort();
-      break;
-    }
-  }
+  const names = Object.keys(record).sort();
   let out = '{';
   for (let i = 0; i < names.length; i++) {
     const name = names[i] as string;
