@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_PROJECT } from '../model/index.ts';
+import { serveMetrics } from '../telemetry/index.ts';
 
 interface EgressOptions {
   config?: string;
@@ -40,9 +41,7 @@ export function register(program: Command): void {
 }
 
 async function runProxy(options: EgressOptions & { config: string }): Promise<void> {
-  const [{ createRecordOutput, runEgressService }, { clientToken, HttpEntrySink }, { serveMetrics }] = await Promise.all([
-    import('../egress/index.ts'), import('../ingest/sink.ts'), import('../telemetry/index.ts'),
-  ]);
+  const [{ createRecordOutput, runEgressService }, { clientToken, HttpEntrySink }] = await Promise.all([import('../egress/index.ts'), import('../ingest/sink.ts')]);
   const output = createRecordOutput({
     project: options.project,
     ...(options.server ? { sink: new HttpEntrySink(options.server, clientToken(options.token)) } : {}),

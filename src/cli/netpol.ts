@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_PROJECT } from '../model/index.ts';
+import { serveMetrics } from '../telemetry/index.ts';
 import { createProgress } from './progress.ts';
 
 interface NetpolFlags {
@@ -44,9 +45,7 @@ export function register(program: Command): void {
     .action(async (flags: NetpolFlags) => {
       if (!flags.manifests?.length || !flags.flows) throw new Error('netpol needs --manifests PATH… and --flows FILE|- (see custos netpol --help)');
       if (flags.format !== 'tuple' && flags.format !== 'hubble') throw new Error(`--format must be tuple or hubble, not "${flags.format}"`);
-      const [{ parseSettings, runNetpol }, { clientToken, HttpEntrySink }, { serveMetrics }] = await Promise.all([
-        import('../netpol/index.ts'), import('../ingest/sink.ts'), import('../telemetry/index.ts'),
-      ]);
+      const [{ parseSettings, runNetpol }, { clientToken, HttpEntrySink }] = await Promise.all([import('../netpol/index.ts'), import('../ingest/sink.ts')]);
       const settings = flags.config ? parseSettings(readFileSync(flags.config, 'utf8'), flags.config) : undefined;
       const logFile = flags.logFile ?? (flags.server ? undefined : '-');
       const metricsServer = flags.metricsListen ? await serveMetrics(flags.metricsListen) : undefined;
