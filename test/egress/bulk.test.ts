@@ -114,12 +114,15 @@ async function slowChecksum(target: string, credentials: string): Promise<{ dige
   return { digest: hash.digest('hex'), bytes };
 }
 
-test('64 MiB from a direct destination reach a slow client intact, and the record counts them', async () => {
+/** 64 MiB from the origin to a slow client with these credentials, checked byte for byte; the tunnel's record. */
+async function slowTransferRecord(credentials: string): Promise<(typeof run.records)[number]> {
   const before = run.records.length;
-  const got = await slowChecksum(`127.0.0.1:${originPort}`, 'sales:s3cret');
-  assert.equal(got.bytes, SIZE);
-  assert.equal(got.digest, expected);
-  const record = (await run.recordsAfter(before + 1))[before]!;
+  assert.deepEqual(await slowChecksum(`127.0.0.1:${originPort}`, credentials), { digest: expected, bytes: SIZE });
+  return (await run.recordsAfter(before + 1))[before]!;
+}
+
+test('64 MiB from a direct destination reach a slow client intact, and the record counts them', async () => {
+  const record = await slowTransferRecord('sales:s3cret');
   assert.equal(record.response_flags, 'success');
   assert.equal(record.response_size, SIZE);
   assert.equal(record.request_size, 0);
@@ -127,11 +130,7 @@ test('64 MiB from a direct destination reach a slow client intact, and the recor
 });
 
 test('64 MiB through an agent reach a slow client intact (both dialled sockets reuse their buffers)', async () => {
-  const before = run.records.length;
-  const got = await slowChecksum(`127.0.0.1:${originPort}`, 'agent:s3cret');
-  assert.equal(got.bytes, SIZE);
-  assert.equal(got.digest, expected);
-  const record = (await run.recordsAfter(before + 1))[before]!;
+  const record = await slowTransferRecord('agent:s3cret');
   assert.equal(record.metadata.network_type, 'agent proxy');
   assert.equal(record.response_size, SIZE);
 });
