@@ -21,7 +21,7 @@ function revive(error: NonNullable<Reply['error']>): Error {
  * (HTTP, validation, canonical JSON, hashing, fsync) on the other core, instead of taking turns with it. Same methods
  * as `EntryIndex`.
  */
-export class ThreadedEntryIndex implements Pick<EntryIndex, 'insert' | 'indexedSize' | 'list' | 'clear' | 'close'> {
+export class ThreadedEntryIndex implements Pick<EntryIndex, 'insert' | 'insertRun' | 'indexedSize' | 'list' | 'clear' | 'close'> {
   private readonly pending = new Map<number, Pending>();
   private nextId = 1;
   private failure: Error | undefined;
