@@ -5,6 +5,12 @@
       "sources": ["native/hash.c"],
       "cflags": ["-O2"],
       "libraries": ["-ldl"]
+    },
+    {
+      "target_name": "custos_egress",
+      "sources": ["native/egress.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-lpthread"]
     }
   ]
 }

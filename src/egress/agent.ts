@@ -92,7 +92,7 @@ export async function startAgent(options: AgentServerOptions): Promise<AgentServ
     if (rest.length) upstream.write(rest);
     tunnels.add(client);
     // The agent's own accounting is not recorded as egress (the proxy writes the record); it only bounds idleness.
-    const accounting = new Attempt('connect', formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), () => {});
+    const accounting = new Attempt('connect', formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), 0, () => {});
     await new Promise<void>((done) => relay(client, upstream, accounting, { idleMs: options.idleMs ?? 300_000, upstreamBase: { read: 0, written: 0 } }, done));
     tunnels.delete(client);
     log.debug({ connection: headerValue(head, 'Custos-Connection-Id'), target: head.target }, 'tunnel closed');

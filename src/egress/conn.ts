@@ -36,8 +36,8 @@ export type ProxyProtocol = 'connect' | 'http' | 'socks5';
 export class Attempt {
   readonly connectionId = randomUUID();
   /** Wall clock for the record's start_time; the duration comes from the monotonic clock. */
-  readonly startMs = Date.now();
-  private readonly startMono = performance.now();
+  readonly startMs: number;
+  private readonly startMono: number;
   source: string | null = null;
   policy: string | null = null;
   networkType: EgressNetworkType = 'direct';
@@ -59,8 +59,13 @@ export class Attempt {
   constructor(
     public protocol: ProxyProtocol,
     readonly clientAddress: string,
+    /** How long ago the connection was accepted (the native plane accepts before this object exists). */
+    ageMs: number,
     private readonly onEnd: (record: EgressRecord, attempt: Attempt) => void,
-  ) {}
+  ) {
+    this.startMs = Date.now() - ageMs;
+    this.startMono = performance.now() - ageMs;
+  }
 
   /** Records the first failure only; later ones are consequences of it. No effect after traffic left. */
   fail(reason: FailureReason, detail: string): void {

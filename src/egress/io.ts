@@ -66,7 +66,7 @@ export class HandshakeEnded extends Error {
 type Parse = (buffer: Buffer) => { length: number } | undefined;
 type Done = (err: Error | undefined, value: { length: number } | undefined) => void;
 
-const EMPTY = Buffer.alloc(0);
+const EMPTY: Buffer = Buffer.alloc(0);
 
 /*
  * Socket event handlers in this file are module-level functions that find their state through a symbol on the
@@ -90,7 +90,6 @@ function readerEnd(this: ReaderSocket): void {
  * relay. `parse` throws for bytes that can never become valid; the deadline (`at`) bounds slow (slowloris) clients.
  */
 export class HandshakeReader implements Deadline {
-  private buffer: Buffer = EMPTY;
   private parse: Parse | undefined;
   private done: Done | undefined;
 
@@ -98,6 +97,8 @@ export class HandshakeReader implements Deadline {
     private readonly socket: Socket,
     /** The handshake's deadline, ms since the epoch. */
     public at: number,
+    /** Bytes already read from the socket by someone else (the native plane). */
+    private buffer: Buffer = EMPTY,
   ) {}
 
   /** Calls `done` once with the parsed message or the error; at once when the bytes are already buffered. */
@@ -309,12 +310,11 @@ class Dial implements Deadline {
   ) {}
 
   expire(): void {
-    this.fail(new DialError('connect_timeout', `no answer from ${this.address} port ${this.port} within ${this.timeoutMs} ms`));
+    this.fail(dialFailure(CONNECT_DEADLINE, this.address, this.port, this.timeoutMs));
   }
 
   failed(err: NodeJS.ErrnoException): void {
-    const reason = err.code === 'ECONNREFUSED' ? 'connect_refused' : err.code === 'ETIMEDOUT' ? 'connect_timeout' : 'connect_error';
-    this.fail(new DialError(reason, `${this.address} port ${this.port}: ${err.code ?? err.message}`));
+    this.fail(dialFailure(err.code ?? err.message, this.address, this.port, this.timeoutMs));
   }
 
   connected(): void {
@@ -336,6 +336,16 @@ function dialConnected(this: DialSocket): void {
 
 function dialFailed(this: DialSocket, err: NodeJS.ErrnoException): void {
   this[kDial].failed(err);
+}
+
+/** The code of a dial that hit the proxy's own connect timeout (the others are errno codes). */
+export const CONNECT_DEADLINE = 'CONNECT_DEADLINE';
+
+/** A failed dial classified by its errno code (or CONNECT_DEADLINE), worded for the record. */
+export function dialFailure(code: string, address: string, port: number, timeoutMs: number): DialError {
+  if (code === CONNECT_DEADLINE) return new DialError('connect_timeout', `no answer from ${address} port ${port} within ${timeoutMs} ms`);
+  const reason = code === 'ECONNREFUSED' ? 'connect_refused' : code === 'ETIMEDOUT' ? 'connect_timeout' : 'connect_error';
+  return new DialError(reason, `${address} port ${port}: ${code}`);
 }
 
 export function dial(address: string, port: number, timeoutMs: number): Promise<Socket> {

@@ -5,8 +5,9 @@ import { componentLogger, splitHostPort } from '../telemetry/index.ts';
 import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
 import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
 import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
-import { dial, dialThen, DialError, formatHostPort, HandshakeEnded, HandshakeReader, ignore, watchDeadline } from './io.ts';
+import { dial, dialFailure, dialThen, DialError, formatHostPort, HandshakeEnded, HandshakeReader, ignore, watchDeadline } from './io.ts';
 import { connectionClosed, connectionOpened, countRecord } from './metrics.ts';
+import { plane, type PlaneCloseReason, type PlaneHandlers, type PlaneListener } from './plane.ts';
 import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies, type Decision } from './policy.ts';
 import { createResolver, ResolveError, type Resolver } from './resolver.ts';
 import {
@@ -29,6 +30,10 @@ import {
  * The proxy's protocols: HTTP CONNECT and absolute-form forward proxying on HTTP listeners, SOCKS5 on SOCKS
  * listeners. Each connection is one `Attempt`: identify the source, decide with `policy.ts`, resolve once, dial
  * exactly a checked address (directly or through an agent), then relay with accounting from `conn.ts`.
+ *
+ * Where the native plane is built (plane.ts), HTTP listeners are the plane's: a CONNECT by a known source whose
+ * candidate policies are all direct without the SNI guard is decided here and relayed by the plane (the fast
+ * path, `onPlaneConnect`); every other connection comes back as a Node socket and takes the socket path below.
  */
 
 export interface EgressProxyOptions {
@@ -46,7 +51,8 @@ interface Listener {
   address: string;
   /** A dedicated listener's source id. */
   sourceId: string | undefined;
-  server: Server;
+  /** A Node server, or the native plane's listener. */
+  server: Server | PlaneListener;
   bound: string;
 }
 
@@ -61,7 +67,7 @@ interface Upstream {
 type Connected = Upstream & { replied: boolean };
 
 const NO_BYTES = { read: 0, written: 0 };
-const EMPTY = Buffer.alloc(0);
+const EMPTY: Buffer = Buffer.alloc(0);
 const CONNECT_ESTABLISHED = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n');
 
 /** How a failure is told to the client: HTTP status, SOCKS5 reply code. */
@@ -97,6 +103,15 @@ export class EgressProxy {
   private readonly agents = new AgentPool();
   private readonly listeners = new Map<string, Listener>();
   private readonly open = new Map<Socket, { attempt: Attempt; upstream?: Socket }>();
+  /** Attempts on the native plane's fast path, by tunnel id. */
+  private readonly planeAttempts = new Map<number, Attempt>();
+  private readonly planeHandlers: (sourceId: string | undefined) => PlaneHandlers = (sourceId) => ({
+    connect: (tunnel, peer, target, authorization, ageMs) => this.onPlaneConnect(tunnel, peer, target, authorization, ageMs, sourceId),
+    handoff: (socket, bytes, ageMs) => this.handleHttp(socket, sourceId, bytes, ageMs),
+    dialFailed: (tunnel, code) => this.planeDialFailed(tunnel, code),
+    closed: (tunnel, toUpstream, fromUpstream, reason, connected) => this.planeClosed(tunnel, toUpstream, fromUpstream, reason, connected),
+  });
+  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number }>();
   private readonly perSource = new Map<string, number>();
   private draining = false;
   private readonly passwordDigests = new WeakMap<EgressSource, Buffer>();
@@ -143,7 +158,7 @@ export class EgressProxy {
   }
 
   openConnections(): number {
-    return this.open.size;
+    return this.open.size + this.planeAttempts.size;
   }
 
   agentHealth(): ReturnType<AgentPool['health']> {
@@ -163,14 +178,16 @@ export class EgressProxy {
     this.listeners.clear();
     this.agents.close();
     const deadline = Date.now() + timeoutMs;
-    while (this.open.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    while (this.openConnections() > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     for (const [client, { attempt, upstream }] of this.open) {
       attempt.closeReason ??= 'draining';
       attempt.fail('draining', 'the proxy shut down');
       client.destroy();
       upstream?.destroy();
     }
-    while (this.open.size > 0) await new Promise((r) => setTimeout(r, 10));
+    // Each aborted tunnel's close event ends its attempt (planeClosed).
+    for (const tunnel of this.planeAttempts.keys()) plane!.abort(tunnel);
+    while (this.openConnections() > 0) await new Promise((r) => setTimeout(r, 10));
   }
 
   close(): Promise<void> {
@@ -202,7 +219,17 @@ export class EgressProxy {
       this.listeners.delete(key);
     }
     for (const w of wanted) {
-      if (this.listeners.has(w.key)) continue;
+      const existing = this.listeners.get(w.key)?.server;
+      if (existing && 'configure' in existing) existing.configure(this.config.limits.maxHeaderBytes, this.config.timeouts.handshakeMs);
+      if (existing) continue;
+      if (w.kind === 'http' && plane) {
+        const { host, port } = splitHostPort(w.address);
+        const listener = await plane.listen(host, port, this.config.limits.maxHeaderBytes, this.config.timeouts.handshakeMs, this.planeHandlers(w.sourceId));
+        const bound = formatHostPort(listener.bound.address, listener.bound.port);
+        this.listeners.set(w.key, { kind: w.kind, address: w.address, sourceId: w.sourceId, server: listener, bound });
+        this.log.info({ kind: w.kind, address: bound, source: w.sourceId, plane: 'native' }, 'egress listener open');
+        continue;
+      }
       const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (socket) => {
         try {
           if (w.kind === 'http') this.handleHttp(socket, w.sourceId);
@@ -232,10 +259,17 @@ export class EgressProxy {
 
   // ---- one connection ----
 
-  private begin(client: Socket, protocol: ProxyProtocol): Attempt {
+  private begin(client: Socket, protocol: ProxyProtocol, ageMs = 0): Attempt {
     client.on('error', ignore);
-    const attempt = new Attempt(protocol, formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), (record, a) => {
-      this.open.delete(client);
+    const attempt = this.newAttempt(protocol, formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), ageMs, () => this.open.delete(client));
+    this.open.set(client, { attempt });
+    return attempt;
+  }
+
+  /** An attempt whose end releases its source's slot, counts and emits the record, after `forget`. */
+  private newAttempt(protocol: ProxyProtocol, clientAddress: string, ageMs: number, forget: () => void): Attempt {
+    return new Attempt(protocol, clientAddress, ageMs, (record, a) => {
+      forget();
       if (a.source !== null) {
         const left = (this.perSource.get(a.source) ?? 1) - 1;
         if (left > 0) this.perSource.set(a.source, left);
@@ -249,8 +283,6 @@ export class EgressProxy {
         this.log.error({ err }, 'record writer failed');
       }
     });
-    this.open.set(client, { attempt });
-    return attempt;
   }
 
   /** Claims a connection slot for the source (released when the attempt ends); false when over its limit. */
@@ -303,9 +335,10 @@ export class EgressProxy {
     return attempt.failure!.reason;
   }
 
-  private handleHttp(client: Socket, dedicatedSource: string | undefined): void {
-    const attempt = this.begin(client, 'connect');
-    const reader = new HandshakeReader(client, Date.now() + this.config.timeouts.handshakeMs);
+  /** `early` is what the native plane read before handing the connection over, `ageMs` the time since accept. */
+  private handleHttp(client: Socket, dedicatedSource: string | undefined, early = EMPTY, ageMs = 0): void {
+    const attempt = this.begin(client, 'connect', ageMs);
+    const reader = new HandshakeReader(client, Date.now() - ageMs + this.config.timeouts.handshakeMs, early);
     reader.next(this.parseHead, (err, head) => {
       // Called from a socket event: a handler bug must cost this connection, not the process.
       try {
@@ -368,13 +401,115 @@ export class EgressProxy {
 
   /** Ends a refused HTTP attempt with a status whose body says why (and the reason code, for agents upstream). */
   private refuseHttp(client: Socket, attempt: Attempt, reason: FailureReason, extraHeaders = ''): void {
-    const [status] = FAILURE_REPLIES[reason];
-    const body = `${attempt.failure?.detail ?? attempt.closeDetail ?? reason}\n`;
-    closeRefused(
-      client,
+    closeRefused(client, attempt, httpRefusal(attempt, reason, extraHeaders));
+  }
+
+  // ---- the native plane's fast path ----
+
+  /**
+   * A CONNECT head read by the plane. The fast path takes a valid target, a known source under its connection limit,
+   * and only direct policies without the SNI guard among the candidates; anything else is handed back and takes the
+   * socket path, which answers it exactly as it answers a connection accepted by Node.
+   */
+  private onPlaneConnect(tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number, dedicatedSource: string | undefined): void {
+    const fast = this.fastPathFor(target, authorization, dedicatedSource);
+    if (!fast) {
+      plane!.handoff(tunnel);
+      return;
+    }
+    const { source, host, port } = fast;
+    const attempt = this.newAttempt('connect', peer, ageMs, () => this.planeAttempts.delete(tunnel));
+    this.planeAttempts.set(tunnel, attempt);
+    attempt.host = host;
+    attempt.port = port;
+    this.admit(attempt, source);
+    this.decideThen(
       attempt,
-      `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${AGENT_FAILURE_HEADER}: ${reason}\r\n${extraHeaders}\r\n${body}`,
+      source,
+      host,
+      port,
+      (decision) => {
+        if (this.planeAttempts.get(tunnel) !== attempt) return; // aborted (drain) while deciding
+        if (decision?.policy) this.notePolicy(attempt, decision.policy);
+        if (decision?.allowed && !isPlain(decision.policy)) attempt.fail('connect_error', `the configuration changed while ${host} was decided; try again`);
+        else if (decision && !decision.allowed) attempt.fail(decision.reason, decision.detail);
+        else if (this.draining) attempt.fail('draining', 'the proxy is shutting down');
+        if (attempt.failure || !decision?.allowed) {
+          this.refusePlane(tunnel, attempt);
+          return;
+        }
+        attempt.address = decision.addresses[0];
+        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0 });
+        this.dialPlane(tunnel, attempt);
+      },
+      (err) => {
+        this.log.error({ err }, 'egress decision failed');
+        attempt.fail('protocol_error', `internal error: ${err.message}`);
+        this.refusePlane(tunnel, attempt);
+      },
     );
+  }
+
+  private fastPathFor(target: string, authorization: string | undefined, dedicatedSource: string | undefined): { source: EgressSource; host: string; port: number } | undefined {
+    if (this.draining) return undefined;
+    let host: string, port: number;
+    try {
+      ({ host, port } = parseAuthority(target));
+    } catch {
+      return undefined;
+    }
+    const source = dedicatedSource ? this.config.sources.find((s) => s.id === dedicatedSource) : this.sourceByAuthorization(authorization);
+    if (!source || (this.perSource.get(source.id) ?? 0) >= source.maxConnections) return undefined;
+    const cached = this.decisions.get(`${source.id} ${host} ${port}`);
+    const plain = cached ? !cached.policy || isPlain(cached.policy) : candidatePolicies(sourcePolicies(this.config, source), host, port).every(isPlain);
+    return plain ? { source, host, port } : undefined;
+  }
+
+  /** Dials the current address of the tunnel's checked list; each failure moves on to the next, as `dialDirect` does. */
+  private dialPlane(tunnel: number, attempt: Attempt): void {
+    const dialing = this.planeDials.get(tunnel)!;
+    const address = dialing.addresses[dialing.index]!;
+    if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs)) {
+      this.planeDialFailed(tunnel, 'EINVAL');
+    } else {
+      attempt.address = address;
+    }
+  }
+
+  private planeDialFailed(tunnel: number, code: string): void {
+    const attempt = this.planeAttempts.get(tunnel);
+    const dialing = this.planeDials.get(tunnel);
+    if (!attempt || !dialing) return;
+    const address = dialing.addresses[dialing.index]!;
+    if (++dialing.index < dialing.addresses.length) {
+      this.dialPlane(tunnel, attempt);
+      return;
+    }
+    const failure = dialFailure(code, address, dialing.port, this.config.timeouts.connectMs);
+    attempt.fail(failure.reason, failure.message);
+    this.refusePlane(tunnel, attempt);
+  }
+
+  private planeClosed(tunnel: number, toUpstream: number, fromUpstream: number, reason: PlaneCloseReason, connected: boolean): void {
+    const attempt = this.planeAttempts.get(tunnel);
+    this.planeDials.delete(tunnel);
+    if (!attempt) return;
+    if (connected) {
+      attempt.egressed = true;
+      attempt.requestSize = toUpstream;
+      attempt.responseSize = fromUpstream;
+      attempt.closeReason ??= reason === 'aborted' ? 'draining' : reason;
+    } else {
+      attempt.fail('draining', 'the proxy shut down');
+    }
+    attempt.end();
+  }
+
+  private refusePlane(tunnel: number, attempt: Attempt): void {
+    this.planeDials.delete(tunnel);
+    const reply = httpRefusal(attempt, attempt.failure!.reason);
+    attempt.end();
+    plane!.refuse(tunnel, Buffer.from(reply));
   }
 
   private async handleSocks(client: Socket, dedicatedSource: string | undefined): Promise<void> {
@@ -459,15 +594,21 @@ export class EgressProxy {
       done(undefined);
       return;
     }
-    const cached = this.decisions.get(`${source.id} ${host} ${port}`);
-    if (cached) {
-      this.afterDecision(attempt, client, reader, host, port, cached, done);
-      return;
-    }
-    this.decide(attempt, source, host, port).then(
+    this.decideThen(
+      attempt,
+      source,
+      host,
+      port,
       (decision) => (decision ? this.afterDecision(attempt, client, reader, host, port, decision, done) : done(undefined)),
-      (err: Error) => this.abandon(client, err),
+      (err) => this.abandon(client, err),
     );
+  }
+
+  /** The decision: at once when one for this IP-literal destination is kept, else through `decide`. */
+  private decideThen(attempt: Attempt, source: EgressSource, host: string, port: number, then: (decision: Decision | undefined) => void, failed: (err: Error) => void): void {
+    const cached = this.decisions.get(`${source.id} ${host} ${port}`);
+    if (cached) then(cached);
+    else this.decide(attempt, source, host, port).then(then, failed);
   }
 
   private afterDecision(
@@ -678,6 +819,18 @@ function closeRefused(client: Socket, attempt: Attempt, reply?: string | Buffer)
     client.resume();
     watchDeadline({ at: Date.now() + 1000, expire: () => client.destroy() });
   }
+}
+
+/** The HTTP reply refusing an attempt: a status whose body says why, and the reason code for agents upstream. */
+function httpRefusal(attempt: Attempt, reason: FailureReason, extraHeaders = ''): string {
+  const [status] = FAILURE_REPLIES[reason];
+  const body = `${attempt.failure?.detail ?? attempt.closeDetail ?? reason}\n`;
+  return `HTTP/1.1 ${status}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n${AGENT_FAILURE_HEADER}: ${reason}\r\n${extraHeaders}\r\n${body}`;
+}
+
+/** A policy the native plane's fast path can carry: direct, without the SNI guard. */
+function isPlain(policy: EgressPolicy | undefined): boolean {
+  return policy !== undefined && policy.type === 'direct' && !policy.requireSni;
 }
 
 /** Bound of the credential and decision caches (cleared when full: keys come from clients). */

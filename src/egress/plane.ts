@@ -1,0 +1,171 @@
+import { closeSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { isIP, Socket } from 'node:net';
+import { lookup } from 'node:dns/promises';
+import { componentLogger } from '../telemetry/index.ts';
+
+/**
+ * The native data plane for HTTP CONNECT (native/egress.c): accepts, reads the request head, dials the address the
+ * proxy chose and relays on one epoll thread, without a Node socket per connection. The proxy keeps every decision
+ * and record; this module only routes the plane's events to the proxy that owns the listener. A connection the
+ * plane does not take (not a well-formed CONNECT, a slow client, or one the proxy gives back) arrives as a Node
+ * socket through `handoff`, with the bytes already read. Without the addon (`npm install` did not build it), or with
+ * CUSTOS_EGRESS_PLANE=node, every connection goes through Node's sockets instead.
+ */
+
+/** How a relayed tunnel ended, as the plane reports it. */
+export type PlaneCloseReason = 'completed' | 'idle_timeout' | 'client_reset' | 'destination_reset' | 'aborted';
+const CLOSE_REASONS: PlaneCloseReason[] = ['completed', 'idle_timeout', 'client_reset', 'destination_reset', 'aborted'];
+
+export interface PlaneHandlers {
+  /** A complete CONNECT head: answer with `dial`, `refuse` or `handoff`. `ageMs` is the time since accept. */
+  connect(tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number): void;
+  /** A connection for the socket path, with what the plane read of it. */
+  handoff(socket: Socket, bytes: Buffer, ageMs: number): void;
+  /** The dial failed (errno code, or CONNECT_DEADLINE for the connect timeout): `dial` again, or `refuse`. */
+  dialFailed(tunnel: number, code: string): void;
+  /** The tunnel is closed; `connected` when its dial had succeeded (traffic left). */
+  closed(tunnel: number, toUpstream: number, fromUpstream: number, reason: PlaneCloseReason, connected: boolean): void;
+}
+
+interface Addon {
+  start(deliver: (events: unknown[]) => void): void;
+  hold(on: boolean): void;
+  listen(ip: string, port: number, maxHeadBytes: number, handshakeMs: number): [id: number, ip: string, port: number];
+  configureListener(id: number, maxHeadBytes: number, handshakeMs: number): void;
+  closeListener(id: number): void;
+  dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number): boolean;
+  refuse(tunnel: number, reply: Buffer): void;
+  handoff(tunnel: number): void;
+  abort(tunnel: number): void;
+}
+
+const log = componentLogger('egress');
+
+function loadAddon(): Addon | undefined {
+  if (process.env['CUSTOS_EGRESS_PLANE'] === 'node' || process.platform !== 'linux') return undefined;
+  try {
+    return createRequire(import.meta.url)('../../build/Release/custos_egress.node') as Addon;
+  } catch (err) {
+    log.info({ err: (err as Error).message }, 'native egress plane not built (npm install builds it); relaying through Node sockets');
+    return undefined;
+  }
+}
+
+const addon = loadAddon();
+const handlersByListener = new Map<number, PlaneHandlers>();
+const tunnelOwners = new Map<number, PlaneHandlers>();
+let openListeners = 0;
+let held = false;
+let started = false;
+
+/** The plane's thread keeps the process alive only while it has listeners or tunnels the proxy waits on. */
+function updateHold(): void {
+  const want = openListeners > 0 || tunnelOwners.size > 0;
+  if (want !== held) addon!.hold((held = want));
+}
+
+function adopt(fd: number): Socket | undefined {
+  try {
+    return new Socket({ fd, readable: true, writable: true, allowHalfOpen: true });
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'egress plane handed over a socket Node could not adopt');
+    closeSync(fd);
+    return undefined;
+  }
+}
+
+/** Events arrive as one flat array per batch: a type, then that type's fields (see call_js in native/egress.c). */
+function deliver(events: unknown[]): void {
+  let i = 0;
+  while (i < events.length) {
+    const type = events[i] as number;
+    try {
+      if (type === 1) {
+        const [listener, tunnel, ip, port, target, authorization, ageMs] = events.slice(i + 1, i + 8) as [number, number, string, number, string, string | undefined, number];
+        i += 8;
+        const owner = handlersByListener.get(listener)!;
+        tunnelOwners.set(tunnel, owner);
+        updateHold();
+        owner.connect(tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, target, authorization, ageMs);
+      } else if (type === 2) {
+        const [listener, tunnel, fd, bytes, ageMs] = events.slice(i + 1, i + 6) as [number, number, number, Buffer, number];
+        i += 6;
+        tunnelOwners.delete(tunnel);
+        updateHold();
+        const socket = adopt(fd);
+        if (socket) handlersByListener.get(listener)!.handoff(socket, bytes, ageMs);
+      } else if (type === 3) {
+        const [tunnel, code] = events.slice(i + 1, i + 3) as [number, string];
+        i += 3;
+        tunnelOwners.get(tunnel)?.dialFailed(tunnel, code);
+      } else if (type === 4) {
+        const [tunnel, toUpstream, fromUpstream, reason, connected] = events.slice(i + 1, i + 6) as [number, number, number, number, number];
+        i += 6;
+        const owner = tunnelOwners.get(tunnel);
+        tunnelOwners.delete(tunnel);
+        updateHold();
+        owner?.closed(tunnel, toUpstream, fromUpstream, CLOSE_REASONS[reason]!, connected === 1);
+      } else {
+        throw new Error(`unknown egress plane event ${type}`);
+      }
+    } catch (err) {
+      // One connection's handler failing must not lose the rest of the batch.
+      log.error({ err }, 'egress plane event handler failed');
+      if (type < 1 || type > 4) return;
+    }
+  }
+}
+
+export interface PlaneListener {
+  /** `ip:port` or `[ip]:port` as bound. */
+  bound: { address: string; port: number };
+  configure(maxHeadBytes: number, handshakeMs: number): void;
+  close(): void;
+}
+
+export const plane = addon
+  ? {
+      async listen(host: string, port: number, maxHeadBytes: number, handshakeMs: number, handlers: PlaneHandlers): Promise<PlaneListener> {
+        if (!started) {
+          addon.start(deliver);
+          started = true;
+        }
+        const ip = isIP(host) ? host : (await lookup(host)).address;
+        const [id, boundIp, boundPort] = addon.listen(ip, port, maxHeadBytes, handshakeMs);
+        handlersByListener.set(id, handlers);
+        openListeners++;
+        updateHold();
+        let open = true;
+        return {
+          bound: { address: boundIp, port: boundPort },
+          configure: (max, ms) => addon.configureListener(id, max, ms),
+          close: () => {
+            if (!open) return;
+            open = false;
+            // The handlers stay: connections accepted before the close still arrive and are served.
+            addon.closeListener(id);
+            openListeners--;
+            updateHold();
+          },
+        };
+      },
+      /** False when `ip` is not an IP literal. */
+      dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number): boolean {
+        return addon.dial(tunnel, ip, port, connectMs, idleMs);
+      },
+      refuse(tunnel: number, reply: Buffer): void {
+        tunnelOwners.delete(tunnel);
+        updateHold();
+        addon.refuse(tunnel, reply);
+      },
+      handoff(tunnel: number): void {
+        addon.handoff(tunnel);
+      },
+      abort(tunnel: number): void {
+        addon.abort(tunnel);
+      },
+    }
+  : undefined;
+
+export type Plane = NonNullable<typeof plane>;
