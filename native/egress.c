@@ -39,13 +39,13 @@ typedef struct {
   char *text[3];              // EV_CONNECT: peer address, target, Proxy-Authorization (or NULL); EV_DIAL_FAILED: code
   uint8_t *bytes;             // EV_HANDOFF: what was read so far
   size_t length;
-  double numbers[4];          // EV_CONNECT: peer port; EV_CLOSED: bytes to and from the destination, close reason, connected
+  double numbers[4];          // EV_CONNECT: peer port, verdict (0: none, JS decides); EV_CLOSED: bytes to and from the destination, close reason, connected
   int64_t accepted_ns;        // EV_CONNECT, EV_HANDOFF: monotonic accept time
 } Event;
 
 // ---- commands (JS → plane thread) ----
 
-enum { CMD_ADD_LISTENER, CMD_CLOSE_LISTENER, CMD_CONFIGURE_LISTENER, CMD_DIAL, CMD_REFUSE, CMD_HANDOFF, CMD_ABORT };
+enum { CMD_ADD_LISTENER, CMD_CLOSE_LISTENER, CMD_CONFIGURE_LISTENER, CMD_REMEMBER, CMD_FORGET, CMD_DIAL, CMD_REFUSE, CMD_HANDOFF, CMD_ABORT };
 
 typedef struct {
   int type;
@@ -58,8 +58,11 @@ typedef struct {
   uint32_t idle_ms;
   struct sockaddr_storage address;
   socklen_t address_length;
-  uint8_t *bytes;
+  uint8_t *bytes; // CMD_REFUSE: the reply; CMD_REMEMBER: the verdict's key
   size_t length;
+  double verdict;
+  uint32_t source;
+  uint32_t source_limit;
 } Command;
 
 typedef struct {
@@ -127,6 +130,7 @@ struct Tunnel {
   bool shut[2];        // indexed by the side whose write half was shut down
   uint32_t interest[2];
   double to_upstream, from_upstream;
+  int32_t source; // counted against its source's limit while >= 0
   Tunnel *prev, *next;
   Tunnel *next_dead;
 };
@@ -155,6 +159,99 @@ static Listener **listeners;
 static uint32_t listener_count;
 static uint8_t scratch[64 * 1024];
 static Queue outgoing = {NULL, 0, 0, sizeof(Event)};
+
+// ---- verdicts: decisions JS made that the plane may repeat on its own ----
+//
+// A repeat CONNECT with the same listener, Proxy-Authorization value and IP-literal target is what JS already decided
+// (credentials verified, policy checked, address chosen): the plane dials at once and JS learns of it in the connect
+// event, off the latency path. JS remembers only decisions that depend on nothing else, and forgets them all on
+// reload. Each verdict counts against its source's connection limit here; over the limit, JS decides (and refuses).
+
+typedef struct {
+  uint64_t hash;
+  uint8_t *key;
+  size_t key_length;
+  double verdict;
+  struct sockaddr_storage address;
+  socklen_t address_length;
+  uint32_t connect_ms, idle_ms;
+  uint32_t source;
+} Verdict;
+
+#define VERDICT_SLOTS 8192
+#define VERDICT_LIMIT 4096 // at most half full; cleared when reached (keys come from clients)
+static Verdict *verdicts[VERDICT_SLOTS];
+static uint32_t verdict_count;
+static uint32_t *source_open, *source_limit;
+static uint32_t source_count;
+
+static uint64_t key_hash(const uint8_t *key, size_t length) {
+  uint64_t hash = 1469598103934665603ull;
+  for (size_t i = 0; i < length; i++) hash = (hash ^ key[i]) * 1099511628211ull;
+  return hash;
+}
+
+static void forget_verdicts(void) {
+  for (uint32_t i = 0; i < VERDICT_SLOTS; i++) {
+    if (!verdicts[i]) continue;
+    free(verdicts[i]->key);
+    free(verdicts[i]);
+    verdicts[i] = NULL;
+  }
+  verdict_count = 0;
+}
+
+static Verdict *find_verdict(const uint8_t *key, size_t length) {
+  uint64_t hash = key_hash(key, length);
+  for (uint32_t i = 0; i < VERDICT_SLOTS; i++) {
+    Verdict *v = verdicts[(hash + i) & (VERDICT_SLOTS - 1)];
+    if (!v) return NULL;
+    if (v->hash == hash && v->key_length == length && memcmp(v->key, key, length) == 0) return v;
+  }
+  return NULL;
+}
+
+static bool ensure_source(uint32_t source) {
+  if (source < source_count) return true;
+  uint32_t count = source + 16;
+  uint32_t *open = realloc(source_open, count * sizeof *open);
+  if (open) source_open = open;
+  uint32_t *limit = realloc(source_limit, count * sizeof *limit);
+  if (limit) source_limit = limit;
+  if (!open || !limit) return false;
+  for (uint32_t i = source_count; i < count; i++) source_open[i] = source_limit[i] = 0;
+  source_count = count;
+  return true;
+}
+
+static void remember_verdict(Command *c) {
+  if (!ensure_source(c->source)) return;
+  source_limit[c->source] = c->source_limit;
+  if (find_verdict(c->bytes, c->length)) return;
+  if (verdict_count >= VERDICT_LIMIT) forget_verdicts();
+  Verdict *v = malloc(sizeof *v);
+  if (!v) return;
+  *v = (Verdict){key_hash(c->bytes, c->length), c->bytes, c->length, c->verdict, c->address, c->address_length, c->connect_ms, c->idle_ms, c->source};
+  c->bytes = NULL;
+  for (uint32_t i = 0;; i++) {
+    Verdict **slot = &verdicts[(v->hash + i) & (VERDICT_SLOTS - 1)];
+    if (*slot) continue;
+    *slot = v;
+    break;
+  }
+  verdict_count++;
+}
+
+/** The verdict key: listener id, then the Proxy-Authorization value and the target, each behind its length. */
+static size_t verdict_key(uint8_t *out, size_t capacity, uint32_t listener, const uint8_t *auth, size_t auth_length, const uint8_t *target, size_t target_length) {
+  size_t length = 12 + auth_length + target_length;
+  if (length > capacity) return 0;
+  uint32_t header[3] = {listener, (uint32_t)auth_length, (uint32_t)target_length};
+  memcpy(out, header, 12);
+  if (auth_length) memcpy(out + 12, auth, auth_length);
+  memcpy(out + 12 + auth_length, target, target_length);
+  return length;
+}
 
 static int64_t monotonic_ns(void) {
   struct timespec now;
@@ -193,6 +290,7 @@ static void set_interest(Tunnel *t, int side, uint32_t interest) {
 static Tunnel *tunnel_new(void) {
   Tunnel *t = calloc(1, sizeof *t);
   if (!t) return NULL;
+  t->source = -1;
   uint32_t slot;
   if (free_count) {
     slot = free_slots[--free_count];
@@ -231,6 +329,8 @@ static Tunnel *tunnel_find(double id) {
 
 /** Forgets the tunnel; its sockets must already be closed or handed over. Memory and slot go after the batch. */
 static void tunnel_free(Tunnel *t) {
+  if (t->source >= 0) source_open[t->source]--;
+  t->source = -1;
   if (t->prev) t->prev->next = t->next;
   else tunnels = t->next;
   if (t->next) t->next->prev = t->prev;
@@ -292,6 +392,8 @@ static void tunnel_handoff(Tunnel *t) {
   tunnel_free(t);
 }
 
+static void start_dial(Tunnel *t, const struct sockaddr_storage *address, socklen_t address_length, uint32_t connect_ms, uint32_t idle_ms, uint32_t source);
+
 // ---- the request head ----
 
 static bool is_token_char(uint8_t c) {
@@ -317,7 +419,12 @@ static const uint8_t *find_head_end(const uint8_t *data, size_t length) {
  * `token: value` lines without control characters. Anything else is JS's to answer. Returns 1 when the event was
  * made, 0 to hand the connection over.
  */
-static int parse_connect(Tunnel *t, const uint8_t *end, Event *event) {
+typedef struct {
+  const uint8_t *target, *auth;
+  size_t target_length, auth_length;
+} ConnectHead;
+
+static int parse_connect(Tunnel *t, const uint8_t *end, ConnectHead *out) {
   const uint8_t *p = t->head, *line_end = memchr(p, '\r', (size_t)(end - p));
   if (!line_end || line_end[1] != '\n' || line_end - p < 8 + 1 + 9) return 0;
   if (memcmp(p, "CONNECT ", 8) != 0) return 0;
@@ -345,9 +452,8 @@ static int parse_connect(Tunnel *t, const uint8_t *end, Event *event) {
       auth_length = (size_t)(value_end - value);
     }
   }
-  event->text[1] = copy_text(target, (size_t)(space - target));
-  event->text[2] = auth ? copy_text(auth, auth_length) : NULL;
-  return event->text[1] != NULL;
+  *out = (ConnectHead){target, auth, (size_t)(space - target), auth_length};
+  return 1;
 }
 
 static void head_readable(Tunnel *t) {
@@ -384,12 +490,17 @@ static void head_readable(Tunnel *t) {
     const uint8_t *end = find_head_end(t->head, t->head_length);
     if (!end) continue;
     Event event = {.type = EV_CONNECT, .listener = t->listener, .tunnel = t->id, .fd = -1, .accepted_ns = t->accepted_ns};
-    if ((size_t)(end - t->head) > t->max_head || !parse_connect(t, end, &event)) {
-      free(event.text[1]);
-      free(event.text[2]);
+    ConnectHead head;
+    if ((size_t)(end - t->head) > t->max_head || !parse_connect(t, end, &head)) {
       tunnel_handoff(t);
       return;
     }
+    event.text[1] = copy_text(head.target, head.target_length);
+    event.text[2] = head.auth ? copy_text(head.auth, head.auth_length) : NULL;
+    uint8_t key[1024];
+    size_t key_length = verdict_key(key, sizeof key, t->listener, head.auth, head.auth_length, head.target, head.target_length);
+    Verdict *verdict = key_length ? find_verdict(key, key_length) : NULL;
+    if (verdict && source_open[verdict->source] >= source_limit[verdict->source]) verdict = NULL;
     struct sockaddr_storage peer;
     socklen_t peer_length = sizeof peer;
     char address[INET6_ADDRSTRLEN] = "";
@@ -409,7 +520,10 @@ static void head_readable(Tunnel *t) {
     // Nothing more is read from the client until the destination answers: what it pipelined stays in `head`.
     set_interest(t, SIDE_CLIENT, 0);
     t->state = ST_AWAIT;
+    if (verdict) event.numbers[1] = verdict->verdict;
+    // The event goes first: JS must know the tunnel before any dial outcome.
     emit(&event);
+    if (verdict) start_dial(t, &verdict->address, verdict->address_length, verdict->connect_ms, verdict->idle_ms, verdict->source);
     return;
   }
 }
@@ -566,9 +680,13 @@ static void dial_writable(Tunnel *t) {
   update_interest(t);
 }
 
-static void start_dial(Tunnel *t, const Command *c) {
+static void start_dial(Tunnel *t, const struct sockaddr_storage *address, socklen_t address_length, uint32_t connect_ms, uint32_t idle_ms, uint32_t source) {
   if (t->state != ST_AWAIT) return;
-  int fd = socket(c->address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (t->source < 0 && ensure_source(source)) {
+    t->source = (int32_t)source;
+    source_open[source]++;
+  }
+  int fd = socket(address->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     dial_failed(t, errno_code(errno));
     return;
@@ -577,10 +695,10 @@ static void start_dial(Tunnel *t, const Command *c) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   t->fd[SIDE_UPSTREAM] = fd;
   t->interest[SIDE_UPSTREAM] = 0;
-  t->idle_ms = c->idle_ms;
+  t->idle_ms = idle_ms;
   t->state = ST_DIALING;
-  t->deadline_ms = now_ms + c->connect_ms;
-  if (connect(fd, (const struct sockaddr *)&c->address, c->address_length) != 0 && errno != EINPROGRESS) {
+  t->deadline_ms = now_ms + connect_ms;
+  if (connect(fd, (const struct sockaddr *)address, address_length) != 0 && errno != EINPROGRESS) {
     dial_failed(t, errno_code(errno));
     return;
   }
@@ -715,8 +833,14 @@ static void run_command(Command *c) {
         break;
       }
       break;
+    case CMD_REMEMBER:
+      remember_verdict(c);
+      break;
+    case CMD_FORGET:
+      forget_verdicts();
+      break;
     case CMD_DIAL:
-      if (t) start_dial(t, c);
+      if (t) start_dial(t, &c->address, c->address_length, c->connect_ms, c->idle_ms, c->source);
       break;
     case CMD_REFUSE:
       if (t) start_refusal(t, c);
@@ -905,6 +1029,7 @@ static void call_js(napi_env env, napi_value callback, void *context, void *data
         PUSH(text_or_undefined(env, e->text[1]));
         PUSH(text_or_undefined(env, e->text[2]));
         PUSH(number(env, (double)(now - e->accepted_ns) / 1e6));
+        PUSH(number(env, e->numbers[1]));
         break;
       case EV_HANDOFF: {
         napi_value bytes;
@@ -1085,9 +1210,9 @@ static napi_value close_listener(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/** dial(tunnel, ip, port, connectTimeoutMs, idleMs) → false when ip is not an IP literal. */
+/** dial(tunnel, ip, port, connectTimeoutMs, idleMs, source) → false when ip is not an IP literal. */
 static napi_value dial(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(6);
   Command c = {.type = CMD_DIAL, .tunnel = arg_number(env, argv[0])};
   napi_value result;
   if (!read_address(env, argv[1], arg_number(env, argv[2]), &c.address, &c.address_length)) {
@@ -1096,9 +1221,51 @@ static napi_value dial(napi_env env, napi_callback_info info) {
   }
   c.connect_ms = (uint32_t)arg_number(env, argv[3]);
   c.idle_ms = (uint32_t)arg_number(env, argv[4]);
+  c.source = (uint32_t)arg_number(env, argv[5]);
   send_command(&c);
   napi_get_boolean(env, true, &result);
   return result;
+}
+
+/**
+ * remember(listener, authorization, target, verdict, ip, port, connectTimeoutMs, idleMs, source, sourceLimit): the
+ * plane dials repeats of this CONNECT itself, reporting `verdict` in their connect events. False when ip is not an IP
+ * literal or the key is too long to keep.
+ */
+static napi_value remember(napi_env env, napi_callback_info info) {
+  ARGS(10);
+  Command c = {.type = CMD_REMEMBER, .verdict = arg_number(env, argv[3])};
+  napi_value result;
+  char auth[512], target[512];
+  size_t auth_length = 0, target_length = 0;
+  napi_valuetype auth_type;
+  napi_typeof(env, argv[1], &auth_type);
+  bool ok = read_address(env, argv[4], arg_number(env, argv[5]), &c.address, &c.address_length);
+  if (ok && auth_type == napi_string) ok = napi_get_value_string_latin1(env, argv[1], auth, sizeof auth, &auth_length) == napi_ok && auth_length < sizeof auth - 1;
+  if (ok) ok = napi_get_value_string_latin1(env, argv[2], target, sizeof target, &target_length) == napi_ok && target_length < sizeof target - 1;
+  uint8_t key[1024];
+  size_t key_length = ok ? verdict_key(key, sizeof key, (uint32_t)arg_number(env, argv[0]), (uint8_t *)auth, auth_length, (uint8_t *)target, target_length) : 0;
+  if (key_length) c.bytes = malloc(key_length);
+  if (!c.bytes) {
+    napi_get_boolean(env, false, &result);
+    return result;
+  }
+  memcpy(c.bytes, key, key_length);
+  c.length = key_length;
+  c.connect_ms = (uint32_t)arg_number(env, argv[6]);
+  c.idle_ms = (uint32_t)arg_number(env, argv[7]);
+  c.source = (uint32_t)arg_number(env, argv[8]);
+  c.source_limit = (uint32_t)arg_number(env, argv[9]);
+  send_command(&c);
+  napi_get_boolean(env, true, &result);
+  return result;
+}
+
+/** forget(): drops every verdict (a reload); connections already dialled keep theirs. */
+static napi_value forget(napi_env env, napi_callback_info info) {
+  Command c = {.type = CMD_FORGET};
+  send_command(&c);
+  return NULL;
 }
 
 /** refuse(tunnel, reply: Buffer): sends the reply, closes; no further event for this tunnel. */
@@ -1143,6 +1310,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"configureListener", NULL, configure_listener, NULL, NULL, NULL, napi_default, NULL},
       {"closeListener", NULL, close_listener, NULL, NULL, NULL, napi_default, NULL},
       {"dial", NULL, dial, NULL, NULL, NULL, napi_default, NULL},
+      {"remember", NULL, remember, NULL, NULL, NULL, napi_default, NULL},
+      {"forget", NULL, forget, NULL, NULL, NULL, napi_default, NULL},
       {"refuse", NULL, refuse, NULL, NULL, NULL, napi_default, NULL},
       {"handoff", NULL, handoff, NULL, NULL, NULL, napi_default, NULL},
       {"abort", NULL, abort_tunnel, NULL, NULL, NULL, napi_default, NULL},

@@ -68,6 +68,22 @@ export const egressMetrics = {
         registers: [registry],
       }),
   ),
+  paths: once(
+    'custos_egress_connection_paths_total',
+    () =>
+      new Counter({
+        name: 'custos_egress_connection_paths_total',
+        help:
+          'Connection attempts by the path that carried them: plane_verdict (the native plane dialled on a remembered decision), ' +
+          'plane_decided (decided in JavaScript, relayed by the plane), socket (Node sockets throughout).',
+        labelNames: ['path'] as const,
+        registers: [registry],
+        collect() {
+          for (const [path, count] of Object.entries(pathTallies)) if (count) this.inc({ path }, count);
+          pathTallies.plane_verdict = pathTallies.plane_decided = pathTallies.socket = 0;
+        },
+      }),
+  ),
   reloads: once(
     'custos_egress_config_reloads_total',
     () =>
@@ -122,6 +138,13 @@ export function countRecord(record: EgressRecord): void {
   tally.responseBytes += record.response_size;
   if (++untallied >= TALLY_FLUSH) flushTallies();
   egressMetrics.duration.observe({ source, policy, network_type: networkType, result }, record.duration_ms / 1000);
+}
+
+export type ConnectionPath = 'plane_verdict' | 'plane_decided' | 'socket';
+const pathTallies: Record<ConnectionPath, number> = { plane_verdict: 0, plane_decided: 0, socket: 0 };
+
+export function countPath(path: ConnectionPath): void {
+  pathTallies[path]++;
 }
 
 /** The active-connections gauge, read at collect time. */

@@ -18,8 +18,11 @@ export type PlaneCloseReason = 'completed' | 'idle_timeout' | 'client_reset' | '
 const CLOSE_REASONS: PlaneCloseReason[] = ['completed', 'idle_timeout', 'client_reset', 'destination_reset', 'aborted'];
 
 export interface PlaneHandlers {
-  /** A complete CONNECT head: answer with `dial`, `refuse` or `handoff`. `ageMs` is the time since accept. */
-  connect(tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number): void;
+  /**
+   * A complete CONNECT head. `verdict` 0: answer with `dial`, `refuse` or `handoff`. Otherwise the plane is already
+   * dialling, on the remembered verdict of that number. `ageMs` is the time since accept.
+   */
+  connect(listener: number, tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number, verdict: number): void;
   /** A connection for the socket path, with what the plane read of it. */
   handoff(socket: Socket, bytes: Buffer, ageMs: number): void;
   /** The dial failed (errno code, or CONNECT_DEADLINE for the connect timeout): `dial` again, or `refuse`. */
@@ -34,7 +37,20 @@ interface Addon {
   listen(ip: string, port: number, maxHeadBytes: number, handshakeMs: number): [id: number, ip: string, port: number];
   configureListener(id: number, maxHeadBytes: number, handshakeMs: number): void;
   closeListener(id: number): void;
-  dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number): boolean;
+  dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number): boolean;
+  remember(
+    listener: number,
+    authorization: string | undefined,
+    target: string,
+    verdict: number,
+    ip: string,
+    port: number,
+    connectMs: number,
+    idleMs: number,
+    source: number,
+    sourceLimit: number,
+  ): boolean;
+  forget(): void;
   refuse(tunnel: number, reply: Buffer): void;
   handoff(tunnel: number): void;
   abort(tunnel: number): void;
@@ -56,6 +72,7 @@ const addon = loadAddon();
 const handlersByListener = new Map<number, PlaneHandlers>();
 const tunnelOwners = new Map<number, PlaneHandlers>();
 let openListeners = 0;
+let nextSourceNumber = 0;
 let held = false;
 let started = false;
 
@@ -82,12 +99,12 @@ function deliver(events: unknown[]): void {
     const type = events[i] as number;
     try {
       if (type === 1) {
-        const [listener, tunnel, ip, port, target, authorization, ageMs] = events.slice(i + 1, i + 8) as [number, number, string, number, string, string | undefined, number];
-        i += 8;
+        const [listener, tunnel, ip, port, target, authorization, ageMs, verdict] = events.slice(i + 1, i + 9) as [number, number, string, number, string, string | undefined, number, number];
+        i += 9;
         const owner = handlersByListener.get(listener)!;
         tunnelOwners.set(tunnel, owner);
         updateHold();
-        owner.connect(tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, target, authorization, ageMs);
+        owner.connect(listener, tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, target, authorization, ageMs, verdict);
       } else if (type === 2) {
         const [listener, tunnel, fd, bytes, ageMs] = events.slice(i + 1, i + 6) as [number, number, number, Buffer, number];
         i += 6;
@@ -118,6 +135,7 @@ function deliver(events: unknown[]): void {
 }
 
 export interface PlaneListener {
+  id: number;
   /** `ip:port` or `[ip]:port` as bound. */
   bound: { address: string; port: number };
   configure(maxHeadBytes: number, handshakeMs: number): void;
@@ -138,6 +156,7 @@ export const plane = addon
         updateHold();
         let open = true;
         return {
+          id,
           bound: { address: boundIp, port: boundPort },
           configure: (max, ms) => addon.configureListener(id, max, ms),
           close: () => {
@@ -150,9 +169,32 @@ export const plane = addon
           },
         };
       },
-      /** False when `ip` is not an IP literal. */
-      dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number): boolean {
-        return addon.dial(tunnel, ip, port, connectMs, idleMs);
+      /** False when `ip` is not an IP literal. `source` is a number from `sourceNumber`, counted against its limit. */
+      dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number): boolean {
+        return addon.dial(tunnel, ip, port, connectMs, idleMs, source);
+      },
+      /**
+       * The plane will dial repeats of this CONNECT (same listener, Proxy-Authorization value and target) to `ip` by
+       * itself while `source` is under `sourceLimit`, reporting `verdict` (non-zero) in their connect events.
+       */
+      remember(
+        listener: number,
+        authorization: string | undefined,
+        target: string,
+        verdict: number,
+        dial: { ip: string; port: number; connectMs: number; idleMs: number },
+        source: number,
+        sourceLimit: number,
+      ): boolean {
+        return addon.remember(listener, authorization, target, verdict, dial.ip, dial.port, dial.connectMs, dial.idleMs, source, sourceLimit);
+      },
+      /** Drops every remembered verdict (the process's, every proxy's): for a reload. */
+      forget(): void {
+        addon.forget();
+      },
+      /** A process-wide number for a proxy's source, for the plane's per-source connection counts. */
+      sourceNumber(): number {
+        return nextSourceNumber++;
       },
       refuse(tunnel: number, reply: Buffer): void {
         tunnelOwners.delete(tunnel);

@@ -6,7 +6,7 @@ import { AgentPool, AGENT_FAILURE_HEADER } from './agent.ts';
 import type { AgentRef, EgressConfig, EgressPolicy, EgressSource } from './config.ts';
 import { Attempt, relay, type FailureReason, type ProxyProtocol } from './conn.ts';
 import { dial, dialFailure, dialThen, DialError, formatHostPort, HandshakeEnded, HandshakeReader, ignore, watchDeadline } from './io.ts';
-import { connectionClosed, connectionOpened, countRecord } from './metrics.ts';
+import { connectionClosed, connectionOpened, countPath, countRecord } from './metrics.ts';
 import { plane, type PlaneCloseReason, type PlaneHandlers, type PlaneListener } from './plane.ts';
 import { candidatePolicies, decide, ipLiteral, sniAllowed, sourcePolicies, type Decision } from './policy.ts';
 import { createResolver, ResolveError, type Resolver } from './resolver.ts';
@@ -106,12 +106,19 @@ export class EgressProxy {
   /** Attempts on the native plane's fast path, by tunnel id. */
   private readonly planeAttempts = new Map<number, Attempt>();
   private readonly planeHandlers: (sourceId: string | undefined) => PlaneHandlers = (sourceId) => ({
-    connect: (tunnel, peer, target, authorization, ageMs) => this.onPlaneConnect(tunnel, peer, target, authorization, ageMs, sourceId),
+    connect: (listener, tunnel, peer, target, authorization, ageMs, verdict) =>
+      verdict ? this.onPlaneVerdict(tunnel, peer, ageMs, verdict) : this.onPlaneConnect({ listener, tunnel, peer, target, authorization, ageMs, dedicatedSource: sourceId }),
     handoff: (socket, bytes, ageMs) => this.handleHttp(socket, sourceId, bytes, ageMs),
     dialFailed: (tunnel, code) => this.planeDialFailed(tunnel, code),
     closed: (tunnel, toUpstream, fromUpstream, reason, connected) => this.planeClosed(tunnel, toUpstream, fromUpstream, reason, connected),
   });
-  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number }>();
+  /** Fast-path tunnels being dialled: the checked addresses, the one being tried, the source's plane number. */
+  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number; source: number }>();
+  /** Decisions the plane repeats by itself (plane.remember), by verdict number; bounded, kept across reloads. */
+  private readonly verdicts = new Map<number, { source: EgressSource; policy: EgressPolicy; host: string; port: number; address: string }>();
+  private nextVerdict = 1;
+  /** The plane's process-wide number for each source id (its per-source connection count). */
+  private readonly sourceNumbers = new Map<string, number>();
   private readonly perSource = new Map<string, number>();
   private draining = false;
   private readonly passwordDigests = new WeakMap<EgressSource, Buffer>();
@@ -146,6 +153,7 @@ export class EgressProxy {
     if (!this.options.resolver) this.resolver = createResolver(config.resolver);
     this.verified = new Map();
     this.decisions = new Map();
+    plane?.forget();
     this.agents.sync(config);
     this.log.info({ policies: config.policies.length, sources: config.sources.length }, 'egress config applied');
   }
@@ -261,6 +269,7 @@ export class EgressProxy {
 
   private begin(client: Socket, protocol: ProxyProtocol, ageMs = 0): Attempt {
     client.on('error', ignore);
+    countPath('socket');
     const attempt = this.newAttempt(protocol, formatHostPort(client.remoteAddress ?? '', client.remotePort ?? 0), ageMs, () => this.open.delete(client));
     this.open.set(client, { attempt });
     return attempt;
@@ -285,13 +294,16 @@ export class EgressProxy {
     });
   }
 
-  /** Claims a connection slot for the source (released when the attempt ends); false when over its limit. */
-  private admit(attempt: Attempt, source: EgressSource): boolean {
+  /**
+   * Claims a connection slot for the source (released when the attempt ends); false when over its limit. `enforce`
+   * false counts a connection the plane already admitted against the same limit.
+   */
+  private admit(attempt: Attempt, source: EgressSource, enforce = true): boolean {
     const used = this.perSource.get(source.id) ?? 0;
     attempt.source = source.id;
     this.perSource.set(source.id, used + 1);
     connectionOpened(source.id);
-    if (used < source.maxConnections) return true;
+    if (!enforce || used < source.maxConnections) return true;
     attempt.fail('connection_limit', `source ${source.id} already has ${used} connections (limit ${source.maxConnections})`);
     return false;
   }
@@ -411,13 +423,15 @@ export class EgressProxy {
    * and only direct policies without the SNI guard among the candidates; anything else is handed back and takes the
    * socket path, which answers it exactly as it answers a connection accepted by Node.
    */
-  private onPlaneConnect(tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number, dedicatedSource: string | undefined): void {
-    const fast = this.fastPathFor(target, authorization, dedicatedSource);
+  private onPlaneConnect(head: { listener: number; tunnel: number; peer: string; target: string; authorization: string | undefined; ageMs: number; dedicatedSource: string | undefined }): void {
+    const { tunnel, peer, ageMs } = head;
+    const fast = this.fastPathFor(head.target, head.authorization, head.dedicatedSource);
     if (!fast) {
       plane!.handoff(tunnel);
       return;
     }
     const { source, host, port } = fast;
+    countPath('plane_decided');
     const attempt = this.newAttempt('connect', peer, ageMs, () => this.planeAttempts.delete(tunnel));
     this.planeAttempts.set(tunnel, attempt);
     attempt.host = host;
@@ -439,8 +453,9 @@ export class EgressProxy {
           return;
         }
         attempt.address = decision.addresses[0];
-        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0 });
+        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0, source: this.sourceNumber(source) });
         this.dialPlane(tunnel, attempt);
+        if (this.decisions.get(`${source.id} ${host} ${port}`) === decision && decision.addresses.length === 1) this.rememberVerdict(head, source, decision.policy, host, port, decision.addresses[0]!);
       },
       (err) => {
         this.log.error({ err }, 'egress decision failed');
@@ -465,11 +480,55 @@ export class EgressProxy {
     return plain ? { source, host, port } : undefined;
   }
 
+  /**
+   * A decision that depends only on the credentials and an IP-literal target (kept in `decisions` until the next
+   * reload, which makes the plane forget it too): the plane repeats it by itself, off the JS thread.
+   */
+  private rememberVerdict(head: { listener: number; target: string; authorization: string | undefined }, source: EgressSource, policy: EgressPolicy, host: string, port: number, address: string): void {
+    if (this.verdicts.size >= CACHE_LIMIT * 4) {
+      // Far more than the plane keeps: drop them all, and make the plane drop its own, so no number goes missing.
+      plane!.forget();
+      this.verdicts.clear();
+    }
+    const verdict = this.nextVerdict++;
+    const dial = { ip: address, port, connectMs: this.config.timeouts.connectMs, idleMs: this.config.timeouts.idleMs };
+    if (plane!.remember(head.listener, head.authorization, head.target, verdict, dial, this.sourceNumber(source), source.maxConnections)) {
+      this.verdicts.set(verdict, { source, policy, host, port, address });
+    }
+  }
+
+  private sourceNumber(source: EgressSource): number {
+    let number = this.sourceNumbers.get(source.id);
+    if (number === undefined) this.sourceNumbers.set(source.id, (number = plane!.sourceNumber()));
+    return number;
+  }
+
+  /** A connection the plane is already dialling on a remembered verdict: only its attempt is made here. */
+  private onPlaneVerdict(tunnel: number, peer: string, ageMs: number, verdict: number): void {
+    countPath('plane_verdict');
+    const attempt = this.newAttempt('connect', peer, ageMs, () => this.planeAttempts.delete(tunnel));
+    this.planeAttempts.set(tunnel, attempt);
+    const known = this.verdicts.get(verdict);
+    if (!known) {
+      // Cannot happen while numbers are dropped only together with the plane's copies; fail closed if it does.
+      this.log.error({ verdict }, 'egress plane dialled on a verdict this proxy does not know');
+      attempt.fail('protocol_error', 'internal error: unknown verdict');
+      plane!.abort(tunnel);
+      return;
+    }
+    attempt.host = known.host;
+    attempt.port = known.port;
+    attempt.address = known.address;
+    this.admit(attempt, known.source, false);
+    this.notePolicy(attempt, known.policy);
+    this.planeDials.set(tunnel, { addresses: [known.address], port: known.port, index: 0, source: this.sourceNumber(known.source) });
+  }
+
   /** Dials the current address of the tunnel's checked list; each failure moves on to the next, as `dialDirect` does. */
   private dialPlane(tunnel: number, attempt: Attempt): void {
     const dialing = this.planeDials.get(tunnel)!;
     const address = dialing.addresses[dialing.index]!;
-    if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs)) {
+    if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs, dialing.source)) {
       this.planeDialFailed(tunnel, 'EINVAL');
     } else {
       attempt.address = address;

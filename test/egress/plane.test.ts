@@ -8,6 +8,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { plane } from '../../src/egress/plane.ts';
+import { registry } from '../../src/telemetry/index.ts';
 import type { EgressRecord } from '../../src/model/index.ts';
 import { auth, openTunnel, readUntil, startEchoOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
 
@@ -18,26 +19,33 @@ import { auth, openTunnel, readUntil, startEchoOrigin, startProxy, waitFor, type
 const ROOT = join(import.meta.dirname, '../..');
 const built = existsSync(join(ROOT, 'build/Release/custos_egress.node'));
 let echo: Origin;
+/** An origin stopped mid-test, after the plane remembered a verdict for it. */
+let vanishing: Origin;
 let run: RunningProxy;
 /** A port on 127.0.0.2 where nothing listens: dials there are refused. */
 let closedPort: number;
 
 before(async () => {
   echo = await startEchoOrigin();
+  vanishing = await startEchoOrigin();
   const probe = createServer().listen(0, '127.0.0.2');
   await new Promise((r) => probe.once('listening', r));
   closedPort = (probe.address() as { port: number }).port;
   await new Promise((r) => probe.close(r));
   run = await startProxy({
     resolver: { hosts: { 'failover.test': ['127.0.0.2', '127.0.0.1'] } },
-    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.0/8', ports: [echo.port, closedPort] }, { host: 'failover.test', ports: [echo.port] }] }],
-    sources: [{ id: 'ri.source.sales-db', credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] }],
+    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.0/8', ports: [echo.port, closedPort, vanishing.port] }, { host: 'failover.test', ports: [echo.port] }] }],
+    sources: [
+      { id: 'ri.source.sales-db', credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] },
+      { id: 'ri.source.limited', credentials: { username: 'limited', password: 'pw' }, policies: ['p'], max_connections: 1 },
+    ],
   });
 });
 
 after(async () => {
   await run.close();
   await echo.close();
+  await vanishing.close(); // again, if its test ran: closing twice is harmless
 });
 
 function port(address: string): number {
@@ -141,6 +149,49 @@ test('200 tunnels at once each get their own bytes back, and each record counts 
   const expected = payloads.map((p) => [p.length, p.length]);
   const byRequest = (a: number[], b: number[]): number => a[0]! - b[0]!;
   assert.deepEqual(sizes.sort(byRequest), expected.sort(byRequest));
+});
+
+/** The connection-path counter's values, read as a scrape would. */
+async function paths(): Promise<Record<string, number>> {
+  const metric = await registry.getSingleMetric('custos_egress_connection_paths_total')!.get();
+  return Object.fromEntries(metric.values.map((v) => [v.labels['path'], v.value]));
+}
+
+test('a repeat destination the plane dials by itself still keeps the source to its connection limit', { skip: !plane && 'no native plane' }, async () => {
+  // The first tunnel is decided in JS, which hands the plane the verdict; the next ones are the plane's own.
+  const start = await paths();
+  for (let i = 0; i < 3; i++) {
+    const before = run.records.length;
+    const socket = await openTunnel(run.http, `127.0.0.1:${echo.port}`, 'limited:pw');
+    const refused = openTunnel(run.http, `127.0.0.1:${echo.port}`, 'limited:pw');
+    await assert.rejects(refused, /429 Too Many Requests/);
+    socket.write('one at a time');
+    assert.equal(await readUntil(socket, (t) => t.length >= 13), 'one at a time');
+    socket.end();
+    const records = await run.recordsAfter(before + 2);
+    const mine = records.slice(before).filter((r) => r.metadata.source === 'ri.source.limited');
+    assert.deepEqual(mine.map((r) => r.failure_reason ?? r.response_flags).sort(), ['connection_limit', 'success']);
+    await waitFor(() => run.proxy.openConnections() === 0, 'the tunnel to close');
+  }
+  const end = await paths();
+  // Per round: the tunnel (plane, after the first round on a verdict) and the refused one (socket path: over the limit).
+  assert.equal((end['plane_verdict'] ?? 0) - (start['plane_verdict'] ?? 0), 2);
+  assert.equal((end['plane_decided'] ?? 0) - (start['plane_decided'] ?? 0), 1);
+  assert.equal((end['socket'] ?? 0) - (start['socket'] ?? 0), 3);
+});
+
+test('a remembered destination that stops listening: the plane\'s own dial fails as connect_refused (502)', { skip: !plane && 'no native plane' }, async () => {
+  for (let i = 0; i < 2; i++) {
+    const socket = await openTunnel(run.http, `127.0.0.1:${vanishing.port}`);
+    socket.destroy();
+  }
+  await vanishing.close();
+  const before = run.records.length;
+  await assert.rejects(openTunnel(run.http, `127.0.0.1:${vanishing.port}`), /502 Bad Gateway/);
+  const record = await recordAfter(before, (r) => r.failure_reason === 'connect_refused');
+  assert.equal(record.destination_port, vanishing.port);
+  assert.equal(record.metadata.network_policy, 'p');
+  assert.equal(record.metadata.source, 'ri.source.sales-db');
 });
 
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
