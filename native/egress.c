@@ -131,6 +131,7 @@ struct Tunnel {
   uint32_t interest[2];
   double to_upstream, from_upstream;
   int32_t source; // counted against its source's limit while >= 0
+  struct sockaddr_storage peer;
   Tunnel *prev, *next;
   Tunnel *next_dead;
 };
@@ -357,11 +358,12 @@ static void bury_dead(void) {
   }
 }
 
+/** Closing the descriptor also takes it out of epoll (it is never duplicated), so no EPOLL_CTL_DEL is spent. */
 static void close_side(Tunnel *t, int side) {
   if (t->fd[side] < 0) return;
-  set_interest(t, side, 0);
   close(t->fd[side]);
   t->fd[side] = -1;
+  t->interest[side] = 0;
 }
 
 /** Ends a tunnel that JS knows about (it dialled): closes both sides and reports the byte counts. */
@@ -501,24 +503,20 @@ static void head_readable(Tunnel *t) {
     size_t key_length = verdict_key(key, sizeof key, t->listener, head.auth, head.auth_length, head.target, head.target_length);
     Verdict *verdict = key_length ? find_verdict(key, key_length) : NULL;
     if (verdict && source_open[verdict->source] >= source_limit[verdict->source]) verdict = NULL;
-    struct sockaddr_storage peer;
-    socklen_t peer_length = sizeof peer;
     char address[INET6_ADDRSTRLEN] = "";
     int port = 0;
-    if (getpeername(t->fd[SIDE_CLIENT], (struct sockaddr *)&peer, &peer_length) == 0) {
-      if (peer.ss_family == AF_INET6) {
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, address, sizeof address);
-        port = ntohs(((struct sockaddr_in6 *)&peer)->sin6_port);
-      } else {
-        inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, address, sizeof address);
-        port = ntohs(((struct sockaddr_in *)&peer)->sin_port);
-      }
+    if (t->peer.ss_family == AF_INET6) {
+      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&t->peer)->sin6_addr, address, sizeof address);
+      port = ntohs(((struct sockaddr_in6 *)&t->peer)->sin6_port);
+    } else if (t->peer.ss_family == AF_INET) {
+      inet_ntop(AF_INET, &((struct sockaddr_in *)&t->peer)->sin_addr, address, sizeof address);
+      port = ntohs(((struct sockaddr_in *)&t->peer)->sin_port);
     }
     event.text[0] = copy_text((const uint8_t *)address, strlen(address));
     event.numbers[0] = port;
     t->head_used = (size_t)(end - t->head);
-    // Nothing more is read from the client until the destination answers: what it pipelined stays in `head`.
-    set_interest(t, SIDE_CLIENT, 0);
+    // Nothing more is read from the client until the destination answers: what it pipelined stays in `head`. Its
+    // readiness is switched off only if it fires meanwhile (the main loop), sparing two epoll_ctl in the usual case.
     t->state = ST_AWAIT;
     if (verdict) event.numbers[1] = verdict->verdict;
     // The event goes first: JS must know the tunnel before any dial outcome.
@@ -543,15 +541,18 @@ static void update_interest(Tunnel *t) {
 
 /** After a side's bytes are all delivered: carries its FIN across; ends the tunnel once both directions are done. */
 static bool settle(Tunnel *t) {
+  bool done[2];
+  for (int from = 0; from < 2; from++) done[from] = t->eof[from] && !t->pending[from].length;
+  if (done[0] && done[1]) {
+    // Both sides finished and everything was read: close() sends the last FIN, a shutdown() first would be a syscall more.
+    tunnel_finish(t, CLOSE_COMPLETED);
+    return false;
+  }
   for (int from = 0; from < 2; from++) {
-    if (t->eof[from] && !t->pending[from].length && !t->shut[!from]) {
+    if (done[from] && !t->shut[!from]) {
       shutdown(t->fd[!from], SHUT_WR);
       t->shut[!from] = true;
     }
-  }
-  if (t->shut[0] && t->shut[1]) {
-    tunnel_finish(t, CLOSE_COMPLETED);
-    return false;
   }
   return true;
 }
@@ -761,7 +762,9 @@ static void start_refusal(Tunnel *t, Command *c) {
 
 static void accept_ready(Listener *l) {
   for (int i = 0; i < 64; i++) {
-    int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_storage peer;
+    socklen_t peer_length = sizeof peer;
+    int fd = accept4(l->fd, (struct sockaddr *)&peer, &peer_length, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
         // Level-triggered readiness would spin on a full descriptor table: stop accepting for a moment.
@@ -775,9 +778,9 @@ static void accept_ready(Listener *l) {
       close(fd);
       continue;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // TCP_NODELAY comes from the listening socket: Linux copies it to each accepted one.
     t->fd[SIDE_CLIENT] = fd;
+    t->peer = peer;
     t->listener = l->id;
     t->max_head = l->max_head;
     t->accepted_ns = monotonic_ns();
@@ -943,8 +946,12 @@ static void *plane_main(void *unused) {
         case ST_HEAD:
           head_readable(t);
           break;
+        case ST_AWAIT:
+          if (e->side == SIDE_CLIENT) set_interest(t, SIDE_CLIENT, 0); // see head_readable
+          break;
         case ST_DIALING:
           if (e->side == SIDE_UPSTREAM) dial_writable(t);
+          else set_interest(t, SIDE_CLIENT, 0);
           break;
         case ST_RELAY:
           if (what & (EPOLLOUT | EPOLLERR | EPOLLHUP) && t->pending[!e->side].length) {
@@ -1161,6 +1168,7 @@ static napi_value listen_on(napi_env env, napi_callback_info info) {
   if (fd < 0) return throw_error(env, errno_code(errno), strerror(errno));
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (bind(fd, (struct sockaddr *)&c.address, c.address_length) != 0 || listen(fd, 4096) != 0) {
     int error = errno;
     close(fd);
