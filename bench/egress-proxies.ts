@@ -4,6 +4,7 @@
  *   2. new tunnels per second (CONNECT + a small request and reply) with 64 concurrent clients,
  *   3. added latency p50/p99 at 500 tunnels/s (open loop), against the same exchange straight to the origin,
  *      interleaved with it; each the median of rounds over all peers.
+ * Each round takes the peers in a rotated order, so none always runs right after another's backlog.
  * Every proxy runs as its own process with a config written to a temp dir; the origin is a separate process.
  * Bounded: fixed byte counts and durations.
  *
@@ -317,6 +318,8 @@ async function latencyAtRate(peer: Peer, originPort: number): Promise<Percentile
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+/** The peers in round `round`'s order: rotated, so no proxy always runs first (right after another's backlog). */
+const rotated = <T>(items: T[], round: number): T[] => items.map((_, i) => items[(i + round) % items.length]!);
 let stopping = false;
 
 async function main(): Promise<void> {
@@ -335,7 +338,7 @@ async function main(): Promise<void> {
   const bulkRuns: Record<string, number[]> = {};
   if (MEASURES.has('bulk')) process.stderr.write('bulk throughput…\n');
   for (let round = 0; round < (MEASURES.has('bulk') ? ROUNDS : 0); round++) {
-    for (const peer of [...peers, haproxyBulk]) (bulkRuns[peer.name] ??= []).push(await bulkOnce(peer, origin.bulk));
+    for (const peer of rotated([...peers, haproxyBulk], round)) (bulkRuns[peer.name] ??= []).push(await bulkOnce(peer, origin.bulk));
   }
   const bulk = Object.fromEntries(Object.entries(bulkRuns).map(([name, runs]) => [name, median(runs)]));
 
@@ -344,7 +347,7 @@ async function main(): Promise<void> {
   const tunnelRuns: Record<string, { rate: number; errors: number; cpuUsPerTunnel: number }[]> = {};
   if (MEASURES.has('tunnels')) process.stderr.write('tunnels per second…\n');
   for (let round = 0; round < (MEASURES.has('tunnels') ? ROUNDS : 0); round++) {
-    for (const peer of [...peers, haproxyReply]) (tunnelRuns[peer.name] ??= []).push(await tunnelsPerSecond(peer, origin.reply, TUNNEL_SECONDS));
+    for (const peer of rotated([...peers, haproxyReply], round)) (tunnelRuns[peer.name] ??= []).push(await tunnelsPerSecond(peer, origin.reply, TUNNEL_SECONDS));
   }
   const tunnels = Object.fromEntries(
     Object.entries(tunnelRuns).map(([name, runs]) => [
@@ -361,7 +364,7 @@ async function main(): Promise<void> {
     process.stderr.write('latency at 500 tunnels/s…\n');
     const rounds: Record<string, (Percentiles & { errors: number; direct: Percentiles })[]> = {};
     for (let round = 0; round < ROUNDS; round++) {
-      for (const peer of [...peers, haproxyReply]) (rounds[peer.name] ??= []).push(await latencyAtRate(peer, origin.reply));
+      for (const peer of rotated([...peers, haproxyReply], round)) (rounds[peer.name] ??= []).push(await latencyAtRate(peer, origin.reply));
     }
     for (const [name, runs] of Object.entries(rounds)) {
       latency[name] = {

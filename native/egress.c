@@ -262,7 +262,16 @@ static int64_t monotonic_ns(void) {
 
 static int64_t now_ms;
 
+// Events JS must answer (a connect to decide, a failed dial, a handed-over socket) wake it at once; the others (a
+// closed tunnel's counts, a connect the plane already dialled on a verdict) wait up to RECORD_DELAY_MS to share one
+// wake-up: at hundreds of tunnels a second, waking JS twice per tunnel cost CPU the plane thread was waiting for.
+#define RECORD_DELAY_MS 10
+static bool outgoing_urgent;
+static int64_t outgoing_since_ms;
+
 static void emit(Event *event) {
+  if (!outgoing.count) outgoing_since_ms = now_ms;
+  if (event->type != EV_CLOSED && !(event->type == EV_CONNECT && event->numbers[1] != 0)) outgoing_urgent = true;
   if (!queue_push(&outgoing, event)) {
     // Out of memory for the event itself: nothing sensible remains but to drop what it owns.
     for (int i = 0; i < 3; i++) free(event->text[i]);
@@ -891,7 +900,8 @@ static void sweep(void) {
 }
 
 static void flush_events(void) {
-  if (!outgoing.count) return;
+  if (!outgoing.count || (!outgoing_urgent && now_ms - outgoing_since_ms < RECORD_DELAY_MS)) return;
+  outgoing_urgent = false;
   pthread_mutex_lock(&plane_lock);
   for (size_t i = 0; i < outgoing.count; i++) {
     Event *event = (Event *)outgoing.items + i;
@@ -916,7 +926,7 @@ static void *plane_main(void *unused) {
   Queue taken = {NULL, 0, 0, sizeof(Command)};
   int64_t next_sweep = 0;
   for (;;) {
-    int n = epoll_wait(plane_epoll, ready, 256, SWEEP_MS);
+    int n = epoll_wait(plane_epoll, ready, 256, outgoing.count ? RECORD_DELAY_MS : SWEEP_MS);
     now_ms = monotonic_ns() / 1000000;
     for (int i = 0; i < n; i++) {
       Endpoint *e = ready[i].data.ptr;
