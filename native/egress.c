@@ -135,6 +135,8 @@ struct Tunnel {
   Tunnel *prev, *next;
   Tunnel *next_dead;
 };
+// What an open tunnel costs beyond its sockets (docs/egress.md says so).
+_Static_assert(sizeof(Tunnel) <= 512, "a tunnel's own state stays under 512 bytes");
 
 static int plane_epoll = -1;
 static int plane_wake = -1;
