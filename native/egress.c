@@ -1344,4 +1344,6 @@ static napi_value init(napi_env env, napi_value exports) {
   return exports;
 }
 
+#ifndef CUSTOS_EGRESS_FUZZ // native/fuzz/egress-head.c includes this file without Node
 NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
+#endif
