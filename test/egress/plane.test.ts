@@ -194,6 +194,26 @@ test('a remembered destination that stops listening: the plane\'s own dial fails
   assert.equal(record.metadata.source, 'ri.source.sales-db');
 });
 
+test('a listener on ::1 takes IPv6 clients (curl), and the record gives the client address in brackets', async () => {
+  const v6 = await startProxy({
+    listen: '[::1]:0',
+    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.1/32', ports: [echo.port] }] }],
+    sources: [{ id: 'ri.source.sales-db', credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] }],
+  });
+  try {
+    assert.match(v6.http, /^\[::1\]:\d+$/);
+    const socket = connect({ host: '::1', port: port(v6.http) });
+    socket.write(head(`127.0.0.1:${echo.port}`) + 'over v6');
+    assert.match(await readUntil(socket, (t) => t.endsWith('over v6')), /^HTTP\/1\.1 200/);
+    socket.end();
+    const [record] = await v6.recordsAfter(1);
+    assert.equal(record!.response_flags, 'success');
+    assert.match(record!.client_address!, /^\[::1\]:\d+$/);
+  } finally {
+    await v6.close();
+  }
+});
+
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
   await fc.assert(
     fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 600 }), fc.boolean(), async (bytes, prefixed) => {
