@@ -1234,21 +1234,28 @@ static napi_value close_listener(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+static napi_value boolean(napi_env env, bool value) {
+  napi_value out;
+  napi_get_boolean(env, value, &out);
+  return out;
+}
+
+/** A dial's arguments, `ip, port, connectTimeoutMs, idleMs, source`, from argv[0]; false when ip is not an IP literal. */
+static bool read_dial(napi_env env, const napi_value *argv, Command *c) {
+  if (!read_address(env, argv[0], arg_number(env, argv[1]), &c->address, &c->address_length)) return false;
+  c->connect_ms = (uint32_t)arg_number(env, argv[2]);
+  c->idle_ms = (uint32_t)arg_number(env, argv[3]);
+  c->source = (uint32_t)arg_number(env, argv[4]);
+  return true;
+}
+
 /** dial(tunnel, ip, port, connectTimeoutMs, idleMs, source) → false when ip is not an IP literal. */
 static napi_value dial(napi_env env, napi_callback_info info) {
   ARGS(6);
   Command c = {.type = CMD_DIAL, .tunnel = arg_number(env, argv[0])};
-  napi_value result;
-  if (!read_address(env, argv[1], arg_number(env, argv[2]), &c.address, &c.address_length)) {
-    napi_get_boolean(env, false, &result);
-    return result;
-  }
-  c.connect_ms = (uint32_t)arg_number(env, argv[3]);
-  c.idle_ms = (uint32_t)arg_number(env, argv[4]);
-  c.source = (uint32_t)arg_number(env, argv[5]);
+  if (!read_dial(env, argv + 1, &c)) return boolean(env, false);
   send_command(&c);
-  napi_get_boolean(env, true, &result);
-  return result;
+  return boolean(env, true);
 }
 
 /**
@@ -1259,30 +1266,22 @@ static napi_value dial(napi_env env, napi_callback_info info) {
 static napi_value remember(napi_env env, napi_callback_info info) {
   ARGS(10);
   Command c = {.type = CMD_REMEMBER, .verdict = arg_number(env, argv[3])};
-  napi_value result;
   char auth[512], target[512];
   size_t auth_length = 0, target_length = 0;
   napi_valuetype auth_type;
   napi_typeof(env, argv[1], &auth_type);
-  bool ok = read_address(env, argv[4], arg_number(env, argv[5]), &c.address, &c.address_length);
+  bool ok = read_dial(env, argv + 4, &c);
   if (ok && auth_type == napi_string) ok = napi_get_value_string_latin1(env, argv[1], auth, sizeof auth, &auth_length) == napi_ok && auth_length < sizeof auth - 1;
   if (ok) ok = napi_get_value_string_latin1(env, argv[2], target, sizeof target, &target_length) == napi_ok && target_length < sizeof target - 1;
   uint8_t key[1024];
   size_t key_length = ok ? verdict_key(key, sizeof key, (uint32_t)arg_number(env, argv[0]), (uint8_t *)auth, auth_length, (uint8_t *)target, target_length) : 0;
   if (key_length) c.bytes = malloc(key_length);
-  if (!c.bytes) {
-    napi_get_boolean(env, false, &result);
-    return result;
-  }
+  if (!c.bytes) return boolean(env, false);
   memcpy(c.bytes, key, key_length);
   c.length = key_length;
-  c.connect_ms = (uint32_t)arg_number(env, argv[6]);
-  c.idle_ms = (uint32_t)arg_number(env, argv[7]);
-  c.source = (uint32_t)arg_number(env, argv[8]);
   c.source_limit = (uint32_t)arg_number(env, argv[9]);
   send_command(&c);
-  napi_get_boolean(env, true, &result);
-  return result;
+  return boolean(env, true);
 }
 
 /** forget(): drops every verdict (a reload); connections already dialled keep theirs. */
