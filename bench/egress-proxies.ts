@@ -4,7 +4,9 @@
  *   2. new tunnels per second (CONNECT + a small request and reply) with 64 concurrent clients,
  *   3. added latency p50/p99 at 500 tunnels/s (open loop), against the same exchange straight to the origin,
  *      interleaved with it; each the median of rounds over all peers.
- * Each round takes the peers in a rotated order, so none always runs right after another's backlog.
+ * Each round takes the peers in a rotated order, so none always runs right after another's backlog. The latency
+ * measure also runs a "CONNECT floor": no proxy, the origin itself answers the CONNECT with 200 and then the
+ * request, so its added latency is what the CONNECT round trip alone costs the client (HAProxy in TCP mode has none).
  * Every proxy runs as its own process with a config written to a temp dir; the origin is a separate process.
  * Bounded: fixed byte counts and durations.
  *
@@ -100,17 +102,33 @@ const reply = net.createServer((s) => {
   s.on('error', () => {});
   s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok'));
 });
-bulk.listen(0, '127.0.0.1', () => reply.listen(0, '127.0.0.1', () =>
-  process.stdout.write(JSON.stringify({ bulk: bulk.address().port, reply: reply.address().port }) + '\\n')));
+const floor = net.createServer((s) => {
+  s.on('error', () => {});
+  s.once('data', () => {
+    s.write('HTTP/1.1 200 Connection Established\\r\\n\\r\\n');
+    s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nok'));
+  });
+});
+bulk.listen(0, '127.0.0.1', () => reply.listen(0, '127.0.0.1', () => floor.listen(0, '127.0.0.1', () =>
+  process.stdout.write(JSON.stringify({ bulk: bulk.address().port, reply: reply.address().port, floor: floor.address().port }) + '\\n'))));
 `;
 
-async function startOrigin(): Promise<{ bulk: number; reply: number }> {
-  const child = spawn(process.execPath, ['-e', ORIGIN], { stdio: ['ignore', 'pipe', 'inherit'] });
-  children.push(child);
-  return new Promise((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()) as { bulk: number; reply: number })));
+interface Origin {
+  bulk: number;
+  reply: number;
+  /** Answers a CONNECT itself (the "CONNECT floor" pseudo-peer). */
+  floor: number;
+  child: ChildProcess;
 }
 
-async function startCustos(origin: { bulk: number; reply: number }): Promise<Peer> {
+async function startOrigin(): Promise<Origin> {
+  const child = spawn(process.execPath, ['-e', ORIGIN], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(child);
+  const ports = await new Promise<Omit<Origin, 'child'>>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(JSON.parse(d.toString()) as Omit<Origin, 'child'>)));
+  return { ...ports, child };
+}
+
+async function startCustos(origin: Origin): Promise<Peer> {
   const port = await freePort();
   const config = join(dir, 'custos.yaml');
   writeFileSync(
@@ -333,6 +351,7 @@ async function main(): Promise<void> {
   const haproxyBulk = await startHaproxy(origin.bulk, 'haproxy (TCP mode)');
   const haproxyReply = await startHaproxy(origin.reply, 'haproxy (TCP mode)');
   const peers = [custos, squid, tinyproxy];
+  const connectFloor: Peer = { name: 'CONNECT floor (no proxy)', port: origin.floor, connect: true, child: origin.child };
 
   // Peers are measured in interleaved rounds and the median kept, so load drifting on a shared machine hits all alike.
   const bulkRuns: Record<string, number[]> = {};
@@ -364,7 +383,7 @@ async function main(): Promise<void> {
     process.stderr.write('latency at 500 tunnels/s…\n');
     const rounds: Record<string, (Percentiles & { errors: number; direct: Percentiles })[]> = {};
     for (let round = 0; round < ROUNDS; round++) {
-      for (const peer of rotated([...peers, haproxyReply], round)) (rounds[peer.name] ??= []).push(await latencyAtRate(peer, origin.reply));
+      for (const peer of rotated([...peers, haproxyReply, connectFloor], round)) (rounds[peer.name] ??= []).push(await latencyAtRate(peer, origin.reply));
     }
     for (const [name, runs] of Object.entries(rounds)) {
       latency[name] = {
@@ -384,7 +403,7 @@ async function main(): Promise<void> {
     `| proxy | bulk MB/s (1 tunnel, ${BULK_BYTES / 1024 / 1024} MiB, median of ${ROUNDS}) | tunnels/s (${CONCURRENCY} clients, median of ${ROUNDS} × ${TUNNEL_SECONDS}s) | proxy CPU µs per tunnel | added latency p50 / p99 at ${LATENCY_RATE}/s (ms, medians over ${ROUNDS} rounds of ${LATENCY_COUNT} of each round's figure) |`,
     '| --- | ---: | ---: | ---: | ---: |',
   ];
-  for (const name of [ours, 'squid', 'tinyproxy', 'haproxy (TCP mode)']) {
+  for (const name of [ours, 'squid', 'tinyproxy', 'haproxy (TCP mode)', connectFloor.name]) {
     const l = latency[name];
     const errors = (tunnels[name]?.errors ?? 0) + (l?.errors ?? 0);
     const added = l ? `${l.added.p50.toFixed(2)} / ${l.added.p99.toFixed(2)} (direct ${l.direct.p50.toFixed(2)} / ${l.direct.p99.toFixed(2)})` : '–';
@@ -397,7 +416,7 @@ async function main(): Promise<void> {
     `Ratios: bulk custos/haproxy ${ratio(bulk[ours], bulk['haproxy (TCP mode)'])} (target ≥ 0.80); ` +
       `tunnels/s custos/squid ${ratio(tunnels[ours]?.rate, tunnels['squid']?.rate)}, custos/tinyproxy ${ratio(tunnels[ours]?.rate, tunnels['tinyproxy']?.rate)} (target > 1); ` +
       `CPU per tunnel custos/squid ${ratio(tunnels[ours]?.cpu, tunnels['squid']?.cpu)}; ` +
-      `added p99 ${shown(oursLatency?.added.p99, 2)} ms (target ≤ 1 ms).`,
+      `added p99 ${shown(oursLatency?.added.p99, 2)} ms (target ≤ 1 ms; the CONNECT round trip alone: ${shown(latency[connectFloor.name]?.added.p99, 2)} ms).`,
   );
   process.stdout.write(`${lines.join('\n')}\n`);
 }

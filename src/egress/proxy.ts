@@ -193,9 +193,18 @@ export class EgressProxy {
       client.destroy();
       upstream?.destroy();
     }
-    // Each aborted tunnel's close event ends its attempt (planeClosed).
-    for (const tunnel of this.planeAttempts.keys()) plane!.abort(tunnel);
-    while (this.openConnections() > 0) await new Promise((r) => setTimeout(r, 10));
+    // Each aborted tunnel's close event ends its attempt (planeClosed). A tunnel the plane dialled on a verdict just
+    // before its listener closed is announced late, so the plane's tunnels are swept until none is left.
+    const aborted = new Set<number>();
+    for (;;) {
+      for (const tunnel of this.planeAttempts.keys()) {
+        if (aborted.has(tunnel)) continue;
+        aborted.add(tunnel);
+        plane!.abort(tunnel);
+      }
+      if (this.openConnections() === 0) break;
+      await new Promise((r) => setTimeout(r, 10));
+    }
   }
 
   close(): Promise<void> {

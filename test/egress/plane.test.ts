@@ -214,6 +214,22 @@ test('a listener on ::1 takes IPv6 clients (curl), and the record gives the clie
   }
 });
 
+test('drain ends open tunnels of every path within its deadline, each recorded as draining', async () => {
+  const draining = await startProxy({
+    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.1/32', ports: [echo.port] }] }],
+    sources: [{ id: 'ri.source.sales-db', credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] }],
+  });
+  // The first is decided in JavaScript, the others on its verdict; all stay open.
+  const sockets = [];
+  for (let i = 0; i < 4; i++) sockets.push(await openTunnel(draining.http, `127.0.0.1:${echo.port}`));
+  const started = Date.now();
+  await draining.proxy.drain(200);
+  assert.ok(Date.now() - started < 5000, 'drain returned');
+  const records = await draining.recordsAfter(4);
+  assert.deepEqual(records.map((r) => [r.response_flags, r.close_reason]), Array(4).fill(['success', 'draining']));
+  for (const socket of sockets) socket.destroy();
+});
+
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
   await fc.assert(
     fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 600 }), fc.boolean(), async (bytes, prefixed) => {
