@@ -928,7 +928,11 @@ static void *plane_main(void *unused) {
   Queue taken = {NULL, 0, 0, sizeof(Command)};
   int64_t next_sweep = 0;
   for (;;) {
-    int n = epoll_wait(plane_epoll, ready, 256, outgoing.count ? RECORD_DELAY_MS : SWEEP_MS);
+    // With no tunnel, no event waiting and no listener paused, nothing has a deadline: sleep until something happens.
+    bool paused = false;
+    for (uint32_t i = 0; i < listener_count; i++) paused = paused || listeners[i]->paused_until_ms;
+    int timeout = outgoing.count ? RECORD_DELAY_MS : tunnels || paused ? SWEEP_MS : -1;
+    int n = epoll_wait(plane_epoll, ready, 256, timeout);
     now_ms = monotonic_ns() / 1000000;
     for (int i = 0; i < n; i++) {
       Endpoint *e = ready[i].data.ptr;
