@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
@@ -10,7 +11,7 @@ import fc from 'fast-check';
 import { plane } from '../../src/egress/plane.ts';
 import { registry } from '../../src/telemetry/index.ts';
 import type { EgressRecord } from '../../src/model/index.ts';
-import { auth, openTunnel, readUntil, startEchoOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
+import { auth, CLI, openTunnel, readUntil, startEchoOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
 
 // The native data plane (native/egress.c) carries HTTP CONNECT on the fast path. These tests aim at what is its own:
 // heads split or pipelined, many tunnels at once, address failover, resets, garbage; the rest of the egress suite
@@ -228,6 +229,52 @@ test('drain ends open tunnels of every path within its deadline, each recorded a
   const records = await draining.recordsAfter(4);
   assert.deepEqual(records.map((r) => [r.response_flags, r.close_reason]), Array(4).fill(['success', 'draining']));
   for (const socket of sockets) socket.destroy();
+});
+
+test('out of file descriptors (a hard limit of 64), the proxy pauses accepting and serves again once clients leave', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'custos-egress-fds-'));
+  const config = join(dir, 'egress.yaml');
+  const records = join(dir, 'records.ndjson');
+  writeFileSync(
+    config,
+    [
+      'listen: 127.0.0.1:0',
+      `policies: [ { id: p, type: direct, allow: [ { cidr: 127.0.0.1/32, ports: [${echo.port}] } ] } ]`,
+      'sources: [ { id: ri.source.sales-db, credentials: { username: sales, password: s3cret }, policies: [p] } ]',
+    ].join('\n'),
+  );
+  const child = spawn('bash', ['-c', `ulimit -Sn 64 && ulimit -Hn 64 && exec "${process.execPath}" --import tsx "${CLI}" egress --config "${config}" --log-file "${records}"`], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  try {
+    await waitFor(() => /listening http=(\S+)/.test(stderr) || child.exitCode !== null, 'the proxy to listen', 20_000);
+    const address = /listening http=(\S+)/.exec(stderr)![1]!;
+    // More clients than descriptors, each with half a head so the listener hands them over.
+    const crowd = Array.from({ length: 100 }, () => {
+      const socket = connect(port(address), '127.0.0.1');
+      socket.on('error', () => {});
+      socket.write('CONNECT ');
+      return socket;
+    });
+    await new Promise((r) => setTimeout(r, 1000));
+    for (const socket of crowd) socket.destroy();
+    let served = false;
+    for (const deadline = Date.now() + 10_000; !served && Date.now() < deadline; ) {
+      served = await openTunnel(address, `127.0.0.1:${echo.port}`).then(
+        (socket) => (socket.destroy(), true),
+        () => new Promise<boolean>((r) => setTimeout(() => r(false), 200)),
+      );
+    }
+    assert.ok(served, 'a tunnel opens once the crowd has gone');
+    assert.equal(child.exitCode, null, 'the proxy is still running');
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => child.once('exit', r));
+    assert.match(readFileSync(records, 'utf8'), /"response_flags":"success"/);
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
