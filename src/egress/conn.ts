@@ -168,6 +168,10 @@ class Tunnel implements Deadline {
     client.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
     upstream.on('data', relayData).on('end', relayEnd).on('close', relayClose).on('error', relayError);
     watchDeadline(this);
+    // A FIN that arrived during the handshake or the dial was emitted as 'end' before these handlers existed; carried
+    // across only now, or the other side would wait for it until the idle timeout.
+    if (client.readableEnded) upstream.end();
+    if (upstream.readableEnded) client.end();
     client.resume();
     upstream.resume();
   }

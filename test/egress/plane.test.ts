@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -275,6 +275,65 @@ test('out of file descriptors (a hard limit of 64), the proxy pauses accepting a
     assert.match(readFileSync(records, 'utf8'), /"response_flags":"success"/);
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('300 tunnels that half-close, reset, stall or vanish: one record each, and nothing left open afterwards', async () => {
+  const openFds = (): number => readdirSync('/proc/self/fd').length;
+  await waitFor(() => run.proxy.openConnections() === 0, 'earlier tunnels to close');
+  const fdsBefore = openFds();
+  const before = run.records.length;
+  const behaviours = ['complete', 'half-close', 'reset', 'slow-reader', 'vanish-before-200', 'vanish-mid-head'] as const;
+  const seeded = (i: number): number => (i * 2654435761) % 4294967296;
+  await Promise.all(
+    Array.from({ length: 300 }, async (_, i) => {
+      const behaviour = behaviours[i % behaviours.length]!;
+      const payload = randomBytes(1 + (seeded(i) % 100_000));
+      const socket = connect(port(run.http), '127.0.0.1');
+      socket.on('error', () => {});
+      // Connected first: a client gone before its connection exists is no attempt at all.
+      await new Promise((r) => socket.once('connect', r));
+      if (behaviour === 'vanish-mid-head') {
+        socket.write(head(`127.0.0.1:${echo.port}`).slice(0, 20));
+        await new Promise((r) => setTimeout(r, seeded(i) % 20));
+        socket.destroy();
+        return;
+      }
+      socket.write(head(`127.0.0.1:${echo.port}`));
+      if (behaviour === 'vanish-before-200') {
+        // Its FIN reaches the proxy while the destination is being dialled (it was lost there once).
+        socket.destroy();
+        return;
+      }
+      await readUntil(socket, (t) => t.includes('\r\n\r\n'));
+      if (behaviour === 'slow-reader') socket.pause();
+      socket.write(payload);
+      if (behaviour === 'reset') {
+        await new Promise((r) => setTimeout(r, seeded(i) % 10));
+        socket.resetAndDestroy();
+        return;
+      }
+      if (behaviour === 'half-close') socket.end();
+      if (behaviour === 'slow-reader') {
+        await new Promise((r) => setTimeout(r, 50));
+        socket.resume();
+      }
+      let got = 0;
+      socket.on('data', (c: Buffer) => {
+        got += c.length;
+        if (got >= payload.length) socket.end();
+      });
+      await new Promise((r) => socket.once('close', r));
+      assert.equal(got, payload.length, `${behaviour} tunnel ${i} got its bytes back`);
+    }),
+  );
+  await waitFor(() => run.records.length >= before + 300 && run.proxy.openConnections() === 0, `a record for every tunnel (${run.records.length - before} records, ${run.proxy.openConnections()} open)`, 15_000).catch((err: Error) => {
+    throw new Error(`${err.message}; records by reason: ${JSON.stringify(Object.entries(run.records.slice(before).reduce<Record<string, number>>((m, r) => ((m[`${r.response_flags}/${r.failure_reason ?? r.close_reason}`] = (m[`${r.response_flags}/${r.failure_reason ?? r.close_reason}`] ?? 0) + 1), m), {})))}`);
+  });
+  const records = run.records.slice(before);
+  assert.equal(records.length, 300);
+  assert.equal(new Set(records.map((r) => r.connection_id)).size, 300, 'each attempt recorded once');
+  // The plane closed or handed over every descriptor it took (a few may still be in Node's close path).
+  await waitFor(() => openFds() <= fdsBefore + 2, `descriptors back to ${fdsBefore} (now ${openFds()})`, 5000);
 });
 
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
