@@ -336,6 +336,34 @@ test('300 tunnels that half-close, reset, stall or vanish: one record each, and 
   await waitFor(() => openFds() <= fdsBefore + 2, `descriptors back to ${fdsBefore} (now ${openFds()})`, 5000);
 });
 
+test('SOCKS5 clients that leave at every step of the handshake, or half-close after the request: one record each, nothing left open', async () => {
+  await waitFor(() => run.proxy.openConnections() === 0, 'earlier tunnels to close');
+  const before = run.records.length;
+  const greeting = Buffer.from([5, 1, 2]);
+  const credentials = Buffer.concat([Buffer.from([1, 5]), Buffer.from('sales'), Buffer.from([6]), Buffer.from('s3cret')]);
+  const request = Buffer.from([5, 1, 0, 1, 127, 0, 0, 1, echo.port >> 8, echo.port & 0xff]);
+  const steps = [greeting, credentials, request];
+  await Promise.all(
+    Array.from({ length: 120 }, async (_, i) => {
+      const leaveAfter = i % 4; // 0–2: gone after that many messages; 3: the whole request, then a FIN
+      const socket = connect(port(run.socks5), '127.0.0.1');
+      socket.on('error', () => {});
+      await new Promise((r) => socket.once('connect', r));
+      for (let step = 0; step < Math.min(leaveAfter + 1, 3); step++) {
+        socket.write(steps[step]!);
+        if (step < 2) await readUntil(socket, (t) => t.length >= 2);
+      }
+      if (leaveAfter === 3) socket.end();
+      else socket.destroy();
+      await new Promise((r) => socket.once('close', r));
+    }),
+  );
+  await waitFor(() => run.records.length >= before + 120 && run.proxy.openConnections() === 0, `a record for every SOCKS5 client (${run.records.length - before}, ${run.proxy.openConnections()} open)`, 15_000);
+  const records = run.records.slice(before);
+  assert.equal(records.length, 120);
+  assert.equal(records.filter((r) => r.response_flags === 'success').length, 60, 'the 60 that sent their request reached the destination');
+});
+
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
   await fc.assert(
     fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 600 }), fc.boolean(), async (bytes, prefixed) => {
