@@ -28,7 +28,7 @@
 
 // ---- events (plane thread → JS) ----
 
-enum { EV_CONNECT = 1, EV_HANDOFF = 2, EV_DIAL_FAILED = 3, EV_CLOSED = 4 };
+enum { EV_CONNECT = 1, EV_HANDOFF = 2, EV_DIAL_FAILED = 3, EV_CLOSED = 4, EV_REQUEST = 5 };
 enum { CLOSE_COMPLETED = 0, CLOSE_IDLE = 1, CLOSE_CLIENT_RESET = 2, CLOSE_DESTINATION_RESET = 3, CLOSE_ABORTED = 4 };
 
 typedef struct {
@@ -36,8 +36,9 @@ typedef struct {
   uint32_t listener;
   double tunnel;
   int fd;                     // EV_HANDOFF
-  char *text[3];              // EV_CONNECT: peer address, target, Proxy-Authorization (or NULL); EV_DIAL_FAILED: code
-  uint8_t *bytes;             // EV_HANDOFF: what was read so far
+  char *text[3];              // EV_CONNECT: peer address, target, Proxy-Authorization (or NULL); EV_REQUEST: peer
+                              // address; EV_DIAL_FAILED: code
+  uint8_t *bytes;             // EV_HANDOFF: what was read so far; EV_REQUEST: the request head
   size_t length;
   double numbers[4];          // EV_CONNECT: peer port, verdict (0: none, JS decides); EV_CLOSED: bytes to and from the destination, close reason, connected
   int64_t accepted_ns;        // EV_CONNECT, EV_HANDOFF: monotonic accept time
@@ -58,7 +59,7 @@ typedef struct {
   uint32_t idle_ms;
   struct sockaddr_storage address;
   socklen_t address_length;
-  uint8_t *bytes; // CMD_REFUSE: the reply; CMD_REMEMBER: the verdict's key
+  uint8_t *bytes; // CMD_REFUSE: the reply; CMD_REMEMBER: the verdict's key; CMD_DIAL: bytes for the destination first
   size_t length;
   double verdict;
   uint32_t source;
@@ -124,6 +125,8 @@ struct Tunnel {
   int64_t deadline_ms; // for the state's own limit: handshake, connect, idle (from last_active), refusal linger
   int64_t last_active_ms;
   uint8_t *head;       // the request head and whatever followed it, until the tunnel starts
+  uint8_t *preamble;   // a forwarded request's origin-form head, sent to the destination before anything else
+  size_t preamble_length;
   size_t head_length, head_capacity, head_used;
   Pending pending[2];  // indexed by the side the bytes were read from
   bool eof[2];         // indexed by the side that sent FIN
@@ -358,6 +361,7 @@ static void bury_dead(void) {
     slots[t->slot] = NULL;
     free_slots[free_count++] = t->slot;
     free(t->head);
+    free(t->preamble);
     free(t->pending[0].data);
     free(t->pending[1].data);
     free(t);
@@ -469,6 +473,33 @@ static int parse_connect(Tunnel *t, const uint8_t *end, ConnectHead *out) {
   return 1;
 }
 
+/**
+ * Whether the bytes can start a request line: a method token (at most 31 characters) then a space, the check the
+ * socket path makes before it has a whole head (wire.ts), so binary bytes are handed over at once.
+ */
+static bool plausible_request_start(const uint8_t *p, size_t n) {
+  size_t limit = n < 32 ? n : 32;
+  for (size_t i = 0; i < limit; i++) {
+    if (p[i] == ' ') return i > 0;
+    if (!is_token_char(p[i])) return false;
+  }
+  return n < 32;
+}
+
+static void peer_text(Tunnel *t, Event *event) {
+  char address[INET6_ADDRSTRLEN] = "";
+  int port = 0;
+  if (t->peer.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&t->peer)->sin6_addr, address, sizeof address);
+    port = ntohs(((struct sockaddr_in6 *)&t->peer)->sin6_port);
+  } else if (t->peer.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&t->peer)->sin_addr, address, sizeof address);
+    port = ntohs(((struct sockaddr_in *)&t->peer)->sin_port);
+  }
+  event->text[0] = copy_text((const uint8_t *)address, strlen(address));
+  event->numbers[0] = port;
+}
+
 static void head_readable(Tunnel *t) {
   for (;;) {
     if (t->head_length == t->head_capacity) {
@@ -495,16 +526,35 @@ static void head_readable(Tunnel *t) {
       return;
     }
     t->head_length += (size_t)n;
-    size_t probe = t->head_length < 8 ? t->head_length : 8;
-    if (memcmp(t->head, "CONNECT ", probe) != 0) {
+    if (!plausible_request_start(t->head, t->head_length)) {
       tunnel_handoff(t);
       return;
     }
     const uint8_t *end = find_head_end(t->head, t->head_length);
     if (!end) continue;
+    if ((size_t)(end - t->head) > t->max_head) {
+      tunnel_handoff(t);
+      return;
+    }
+    if (t->head_length < 8 || memcmp(t->head, "CONNECT ", 8) != 0) {
+      // A forward-proxy request: JS parses the whole head (it rewrites it into origin-form), the body stays here.
+      Event event = {.type = EV_REQUEST, .listener = t->listener, .tunnel = t->id, .fd = -1, .accepted_ns = t->accepted_ns};
+      event.length = (size_t)(end - t->head);
+      event.bytes = malloc(event.length);
+      if (!event.bytes) {
+        tunnel_handoff(t);
+        return;
+      }
+      memcpy(event.bytes, t->head, event.length);
+      peer_text(t, &event);
+      t->head_used = event.length;
+      t->state = ST_AWAIT;
+      emit(&event);
+      return;
+    }
     Event event = {.type = EV_CONNECT, .listener = t->listener, .tunnel = t->id, .fd = -1, .accepted_ns = t->accepted_ns};
     ConnectHead head;
-    if ((size_t)(end - t->head) > t->max_head || !parse_connect(t, end, &head)) {
+    if (!parse_connect(t, end, &head)) {
       tunnel_handoff(t);
       return;
     }
@@ -514,17 +564,7 @@ static void head_readable(Tunnel *t) {
     size_t key_length = verdict_key(key, sizeof key, t->listener, head.auth, head.auth_length, head.target, head.target_length);
     Verdict *verdict = key_length ? find_verdict(key, key_length) : NULL;
     if (verdict && source_open[verdict->source] >= source_limit[verdict->source]) verdict = NULL;
-    char address[INET6_ADDRSTRLEN] = "";
-    int port = 0;
-    if (t->peer.ss_family == AF_INET6) {
-      inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&t->peer)->sin6_addr, address, sizeof address);
-      port = ntohs(((struct sockaddr_in6 *)&t->peer)->sin6_port);
-    } else if (t->peer.ss_family == AF_INET) {
-      inet_ntop(AF_INET, &((struct sockaddr_in *)&t->peer)->sin_addr, address, sizeof address);
-      port = ntohs(((struct sockaddr_in *)&t->peer)->sin_port);
-    }
-    event.text[0] = copy_text((const uint8_t *)address, strlen(address));
-    event.numbers[0] = port;
+    peer_text(t, &event);
     t->head_used = (size_t)(end - t->head);
     // Nothing more is read from the client until the destination answers: what it pipelined stays in `head`. Its
     // readiness is switched off only if it fires meanwhile (the main loop), sparing two epoll_ctl in the usual case.
@@ -682,10 +722,24 @@ static void dial_writable(Tunnel *t) {
   }
   t->state = ST_RELAY;
   t->last_active_ms = now_ms;
-  // The reply goes first, then whatever the client pipelined after its head goes to the destination.
-  if (!forward(t, SIDE_UPSTREAM, (const uint8_t *)CONNECT_ESTABLISHED, sizeof CONNECT_ESTABLISHED - 1)) return;
   size_t early = t->head_length - t->head_used;
-  if (early && !forward(t, SIDE_CLIENT, t->head + t->head_used, early)) return;
+  if (t->preamble) {
+    // A forwarded request: its origin-form head, then whatever body followed, in one write to the destination.
+    uint8_t *first = realloc(t->preamble, t->preamble_length + early);
+    if (!first) {
+      tunnel_finish(t, CLOSE_DESTINATION_RESET);
+      return;
+    }
+    t->preamble = NULL;
+    memcpy(first + t->preamble_length, t->head + t->head_used, early);
+    bool open = forward(t, SIDE_CLIENT, first, t->preamble_length + early);
+    free(first);
+    if (!open) return;
+  } else {
+    // The reply goes first, then whatever the client pipelined after its head goes to the destination.
+    if (!forward(t, SIDE_UPSTREAM, (const uint8_t *)CONNECT_ESTABLISHED, sizeof CONNECT_ESTABLISHED - 1)) return;
+    if (early && !forward(t, SIDE_CLIENT, t->head + t->head_used, early)) return;
+  }
   free(t->head);
   t->head = NULL;
   t->head_length = t->head_capacity = t->head_used = 0;
@@ -854,6 +908,12 @@ static void run_command(Command *c) {
       forget_verdicts();
       break;
     case CMD_DIAL:
+      if (t && t->state == ST_AWAIT && c->bytes) {
+        free(t->preamble);
+        t->preamble = c->bytes;
+        t->preamble_length = c->length;
+        c->bytes = NULL;
+      }
       if (t) start_dial(t, &c->address, c->address_length, c->connect_ms, c->idle_ms, c->source);
       break;
     case CMD_REFUSE:
@@ -1065,6 +1125,18 @@ static void call_js(napi_env env, napi_value callback, void *context, void *data
         PUSH(number(env, (double)(now - e->accepted_ns) / 1e6));
         break;
       }
+      case EV_REQUEST: {
+        napi_value bytes;
+        void *copy;
+        napi_create_buffer_copy(env, e->length, e->bytes, &copy, &bytes);
+        PUSH(number(env, e->listener));
+        PUSH(number(env, e->tunnel));
+        PUSH(text_or_undefined(env, e->text[0] ? e->text[0] : ""));
+        PUSH(number(env, e->numbers[0]));
+        PUSH(bytes);
+        PUSH(number(env, (double)(now - e->accepted_ns) / 1e6));
+        break;
+      }
       case EV_DIAL_FAILED:
         PUSH(number(env, e->tunnel));
         PUSH(text_or_undefined(env, e->text[0]));
@@ -1253,11 +1325,25 @@ static bool read_dial(napi_env env, const napi_value *argv, Command *c) {
   return true;
 }
 
-/** dial(tunnel, ip, port, connectTimeoutMs, idleMs, source) → false when ip is not an IP literal. */
+/**
+ * dial(tunnel, ip, port, connectTimeoutMs, idleMs, source, preamble?) → false when ip is not an IP literal. With a
+ * preamble (a Buffer), the tunnel sends it to the destination first and the client gets no 200 (forward HTTP).
+ */
 static napi_value dial(napi_env env, napi_callback_info info) {
-  ARGS(6);
+  size_t argc = 7;
+  napi_value argv[7];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 6) return throw_error(env, "ERR_INVALID_ARG", "missing argument");
   Command c = {.type = CMD_DIAL, .tunnel = arg_number(env, argv[0])};
   if (!read_dial(env, argv + 1, &c)) return boolean(env, false);
+  void *data;
+  size_t length = 0;
+  if (argc == 7 && napi_get_buffer_info(env, argv[6], &data, &length) == napi_ok && length) {
+    c.bytes = malloc(length);
+    if (!c.bytes) return throw_error(env, "ENOMEM", "out of memory");
+    memcpy(c.bytes, data, length);
+    c.length = length;
+  }
   send_command(&c);
   return boolean(env, true);
 }

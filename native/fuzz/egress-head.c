@@ -1,7 +1,8 @@
 // libFuzzer harness for what the egress plane reads from untrusted clients: the request head, fed through a socket
 // pair in chunks of a size the input chooses, under a head limit the input chooses, exactly as the plane thread reads
 // it (head_readable). Checks, besides what AddressSanitizer and UBSan catch: a connection either stays waiting, is
-// handed over with every byte read, or yields a connect event whose target and credentials are plain header text.
+// handed over with every byte read, yields a connect event whose target and credentials are plain header text, or a
+// forward request event carrying exactly its head.
 //
 //   clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -DCUSTOS_EGRESS_FUZZ -I/usr/include/node \
 //     native/fuzz/egress-head.c -o /tmp/egress-head-fuzz -Wl,--unresolved-symbols=ignore-all
@@ -51,6 +52,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (t->state != ST_AWAIT || t->head_used > max_head || memcmp(t->head, "CONNECT ", 8) != 0) abort();
       check_text(e->text[1], true);
       if (e->text[2]) check_text(e->text[2], false);
+    } else if (e->type == EV_REQUEST) {
+      // A forward request's whole head, as sent, ending in the blank line, within the limit.
+      if (t->state != ST_AWAIT || e->length > max_head || e->length < 4 || memcmp(e->bytes, data, e->length) != 0) abort();
+      if (memcmp(e->bytes + e->length - 4, "\r\n\r\n", 4) != 0) abort();
+      check_text(e->text[0], false);
     } else if (e->type == EV_HANDOFF) {
       // Every byte the client sent so far goes to the socket path, in order.
       if (e->length > written || (e->length && memcmp(e->bytes, data, e->length) != 0)) abort();

@@ -23,6 +23,8 @@ export interface PlaneHandlers {
    * dialling, on the remembered verdict of that number. `ageMs` is the time since accept.
    */
   connect(listener: number, tunnel: number, peer: string, target: string, authorization: string | undefined, ageMs: number, verdict: number): void;
+  /** A complete forward-proxy request head (not CONNECT): answer with `dial` (with the origin-form head), `refuse` or `handoff`. */
+  request(listener: number, tunnel: number, peer: string, head: Buffer, ageMs: number): void;
   /** A connection for the socket path, with what the plane read of it. */
   handoff(socket: Socket, bytes: Buffer, ageMs: number): void;
   /** The dial failed (errno code, or CONNECT_DEADLINE for the connect timeout): `dial` again, or `refuse`. */
@@ -37,7 +39,7 @@ interface Addon {
   listen(ip: string, port: number, maxHeadBytes: number, handshakeMs: number): [id: number, ip: string, port: number];
   configureListener(id: number, maxHeadBytes: number, handshakeMs: number): void;
   closeListener(id: number): void;
-  dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number): boolean;
+  dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number, preamble?: Buffer): boolean;
   remember(
     listener: number,
     authorization: string | undefined,
@@ -112,6 +114,13 @@ function deliver(events: unknown[]): void {
         updateHold();
         const socket = adopt(fd);
         if (socket) handlersByListener.get(listener)!.handoff(socket, bytes, ageMs);
+      } else if (type === 5) {
+        const [listener, tunnel, ip, port, head, ageMs] = events.slice(i + 1, i + 7) as [number, number, string, number, Buffer, number];
+        i += 7;
+        const owner = handlersByListener.get(listener)!;
+        tunnelOwners.set(tunnel, owner);
+        updateHold();
+        owner.request(listener, tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, head, ageMs);
       } else if (type === 3) {
         const [tunnel, code] = events.slice(i + 1, i + 3) as [number, string];
         i += 3;
@@ -129,7 +138,7 @@ function deliver(events: unknown[]): void {
     } catch (err) {
       // One connection's handler failing must not lose the rest of the batch.
       log.error({ err }, 'egress plane event handler failed');
-      if (type < 1 || type > 4) return;
+      if (type < 1 || type > 5) return;
     }
   }
 }
@@ -169,9 +178,12 @@ export const plane = addon
           },
         };
       },
-      /** False when `ip` is not an IP literal. `source` is a number from `sourceNumber`, counted against its limit. */
-      dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number): boolean {
-        return addon.dial(tunnel, ip, port, connectMs, idleMs, source);
+      /**
+       * False when `ip` is not an IP literal. `source` is a number from `sourceNumber`, counted against its limit.
+       * With `preamble` the destination gets it first and the client no 200 (a forwarded request's origin-form head).
+       */
+      dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number, preamble?: Buffer): boolean {
+        return preamble ? addon.dial(tunnel, ip, port, connectMs, idleMs, source, preamble) : addon.dial(tunnel, ip, port, connectMs, idleMs, source);
       },
       /**
        * The plane will dial repeats of this CONNECT (same listener, Proxy-Authorization value and target) to `ip` by

@@ -108,12 +108,13 @@ export class EgressProxy {
   private readonly planeHandlers: (sourceId: string | undefined) => PlaneHandlers = (sourceId) => ({
     connect: (listener, tunnel, peer, target, authorization, ageMs, verdict) =>
       verdict ? this.onPlaneVerdict(tunnel, peer, ageMs, verdict) : this.onPlaneConnect({ listener, tunnel, peer, target, authorization, ageMs, dedicatedSource: sourceId }),
+    request: (listener, tunnel, peer, head, ageMs) => this.onPlaneRequest({ listener, tunnel, peer, head, ageMs, dedicatedSource: sourceId }),
     handoff: (socket, bytes, ageMs) => this.handleHttp(socket, sourceId, bytes, ageMs),
     dialFailed: (tunnel, code) => this.planeDialFailed(tunnel, code),
     closed: (tunnel, toUpstream, fromUpstream, reason, connected) => this.planeClosed(tunnel, toUpstream, fromUpstream, reason, connected),
   });
   /** Fast-path tunnels being dialled: the checked addresses, the one being tried, the source's plane number. */
-  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number; source: number }>();
+  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number; source: number; preamble?: Buffer }>();
   /** Decisions the plane repeats by itself (plane.remember), by verdict number; bounded, kept across reloads. */
   private readonly verdicts = new Map<number, { source: EgressSource; policy: EgressPolicy; host: string; port: number; address: string }>();
   private nextVerdict = 1;
@@ -433,15 +434,50 @@ export class EgressProxy {
    * socket path, which answers it exactly as it answers a connection accepted by Node.
    */
   private onPlaneConnect(head: { listener: number; tunnel: number; peer: string; target: string; authorization: string | undefined; ageMs: number; dedicatedSource: string | undefined }): void {
+    let target: { host: string; port: number };
+    try {
+      target = parseAuthority(head.target);
+    } catch {
+      plane!.handoff(head.tunnel);
+      return;
+    }
+    this.planeFastPath(head, 'connect', target, undefined);
+  }
+
+  /**
+   * A forward-proxy request head read by the plane: the same fast path as a CONNECT, with the request rewritten to
+   * origin-form as the socket path does (`originFormHead`) and sent to the destination before the body.
+   */
+  private onPlaneRequest(request: { listener: number; tunnel: number; peer: string; head: Buffer; ageMs: number; dedicatedSource: string | undefined }): void {
+    let head: RequestHead | undefined;
+    let target: { host: string; port: number; path: string };
+    try {
+      head = parseRequestHead(request.head, this.config.limits.maxHeaderBytes);
+      if (!head || head.length !== request.head.length || head.method === 'CONNECT' || head.target.startsWith('/')) throw new Error('not for the fast path');
+      target = parseAbsoluteTarget(head.target);
+    } catch {
+      plane!.handoff(request.tunnel);
+      return;
+    }
+    const preamble = Buffer.from(originFormHead(head, target.path), 'latin1');
+    this.planeFastPath({ ...request, target: head.target, authorization: headerValue(head, 'Proxy-Authorization') }, 'http', target, preamble);
+  }
+
+  private planeFastPath(
+    head: { listener: number; tunnel: number; peer: string; target: string; authorization: string | undefined; ageMs: number; dedicatedSource: string | undefined },
+    protocol: 'connect' | 'http',
+    target: { host: string; port: number },
+    preamble: Buffer | undefined,
+  ): void {
     const { tunnel, peer, ageMs } = head;
-    const fast = this.fastPathFor(head.target, head.authorization, head.dedicatedSource);
+    const fast = this.fastPathFor(target, head.authorization, head.dedicatedSource);
     if (!fast) {
       plane!.handoff(tunnel);
       return;
     }
     const { source, host, port } = fast;
     countPath('plane_decided');
-    const attempt = this.newAttempt('connect', peer, ageMs, () => this.planeAttempts.delete(tunnel));
+    const attempt = this.newAttempt(protocol, peer, ageMs, () => this.planeAttempts.delete(tunnel));
     this.planeAttempts.set(tunnel, attempt);
     attempt.host = host;
     attempt.port = port;
@@ -462,9 +498,11 @@ export class EgressProxy {
           return;
         }
         attempt.address = decision.addresses[0];
-        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0, source: this.sourceNumber(source) });
+        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0, source: this.sourceNumber(source), preamble });
         this.dialPlane(tunnel, attempt);
-        if (this.decisions.get(`${source.id} ${host} ${port}`) === decision && decision.addresses.length === 1) this.rememberVerdict(head, source, decision.policy, host, port, decision.addresses[0]!);
+        // A forwarded request is rewritten per request: only CONNECT is repeated by the plane alone.
+        const remembered = protocol === 'connect' && this.decisions.get(`${source.id} ${host} ${port}`) === decision && decision.addresses.length === 1;
+        if (remembered) this.rememberVerdict(head, source, decision.policy, host, port, decision.addresses[0]!);
       },
       (err) => {
         this.log.error({ err }, 'egress decision failed');
@@ -474,14 +512,9 @@ export class EgressProxy {
     );
   }
 
-  private fastPathFor(target: string, authorization: string | undefined, dedicatedSource: string | undefined): { source: EgressSource; host: string; port: number } | undefined {
+  private fastPathFor(target: { host: string; port: number }, authorization: string | undefined, dedicatedSource: string | undefined): { source: EgressSource; host: string; port: number } | undefined {
     if (this.draining) return undefined;
-    let host: string, port: number;
-    try {
-      ({ host, port } = parseAuthority(target));
-    } catch {
-      return undefined;
-    }
+    const { host, port } = target;
     const source = dedicatedSource ? this.config.sources.find((s) => s.id === dedicatedSource) : this.sourceByAuthorization(authorization);
     if (!source || (this.perSource.get(source.id) ?? 0) >= source.maxConnections) return undefined;
     const cached = this.decisions.get(`${source.id} ${host} ${port}`);
@@ -537,7 +570,7 @@ export class EgressProxy {
   private dialPlane(tunnel: number, attempt: Attempt): void {
     const dialing = this.planeDials.get(tunnel)!;
     const address = dialing.addresses[dialing.index]!;
-    if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs, dialing.source)) {
+    if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs, dialing.source, dialing.preamble)) {
       this.planeDialFailed(tunnel, 'EINVAL');
     } else {
       attempt.address = address;

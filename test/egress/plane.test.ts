@@ -11,7 +11,7 @@ import fc from 'fast-check';
 import { plane } from '../../src/egress/plane.ts';
 import { registry } from '../../src/telemetry/index.ts';
 import type { EgressRecord } from '../../src/model/index.ts';
-import { auth, CLI, openTunnel, readUntil, startEchoOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
+import { auth, CLI, curl, openTunnel, readUntil, startEchoOrigin, startHttpOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
 
 // The native data plane (native/egress.c) carries HTTP CONNECT on the fast path. These tests aim at what is its own:
 // heads split or pipelined, many tunnels at once, address failover, resets, garbage; the rest of the egress suite
@@ -362,6 +362,33 @@ test('SOCKS5 clients that leave at every step of the handshake, or half-close af
   const records = run.records.slice(before);
   assert.equal(records.length, 120);
   assert.equal(records.filter((r) => r.response_flags === 'success').length, 60, 'the 60 that sent their request reached the destination');
+});
+
+test('forward HTTP (curl -x, a POST body) goes through the plane: rewritten to origin-form, byte counts as the origin counted them', { skip: !plane && 'no native plane' }, async () => {
+  const origin = await startHttpOrigin();
+  const forward = await startProxy({
+    policies: [{ id: 'p', type: 'direct', allow: [{ cidr: '127.0.0.1/32', ports: [origin.port] }] }],
+    sources: [{ id: 'ri.source.sales-db', credentials: { username: 'sales', password: 's3cret' }, policies: ['p'] }],
+  });
+  try {
+    const start = await paths();
+    const body = 'x'.repeat(70_000);
+    const result = await curl(['-x', `http://${auth()}@${forward.http}`, '--data-binary', body, '-D', '-', `http://127.0.0.1:${origin.port}/upload?bytes=5000`]);
+    assert.equal(result.status, '200');
+    assert.match(result.body, /x-received: 70000/i, 'the origin got the whole body');
+    const [record] = await forward.recordsAfter(1);
+    assert.equal(record!.protocol, 'http');
+    assert.equal(record!.response_flags, 'success');
+    await waitFor(() => origin.connections.length === 1, 'the origin connection to close');
+    assert.equal(record!.request_size, origin.connections[0]!.read);
+    assert.equal(record!.response_size, origin.connections[0]!.written);
+    const end = await paths();
+    assert.equal((end['plane_decided'] ?? 0) - (start['plane_decided'] ?? 0), 1);
+    assert.equal((end['socket'] ?? 0) - (start['socket'] ?? 0), 0);
+  } finally {
+    await forward.close();
+    await origin.close();
+  }
 });
 
 test('garbage on the HTTP listener is answered or closed, and the proxy keeps serving', async () => {
