@@ -275,7 +275,10 @@ test('out of file descriptors (a hard limit of 256), the proxy pauses accepting 
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');
+      const drained = await Promise.race([exited.then(() => true), new Promise((r) => setTimeout(() => r(false), 10_000))]);
+      if (!drained) child.kill('SIGKILL');
       await exited;
+      assert.ok(drained, `the proxy drained and exited within 10 s of SIGTERM: ${stderr}`);
     }
     assert.match(readFileSync(records, 'utf8'), /"response_flags":"success"/);
     rmSync(dir, { recursive: true, force: true });
