@@ -79,8 +79,10 @@ export const egressMetrics = {
         labelNames: ['path'] as const,
         registers: [registry],
         collect() {
-          for (const [path, count] of Object.entries(pathTallies)) if (count) this.inc({ path }, count);
-          pathTallies.plane_verdict = pathTallies.plane_decided = pathTallies.socket = 0;
+          for (const path of Object.keys(pathTallies) as ConnectionPath[]) {
+            if (pathTallies[path]) this.inc({ path }, pathTallies[path]);
+            pathTallies[path] = 0;
+          }
         },
       }),
   ),

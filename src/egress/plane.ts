@@ -3,13 +3,14 @@ import { createRequire } from 'node:module';
 import { isIP, Socket } from 'node:net';
 import { lookup } from 'node:dns/promises';
 import { componentLogger } from '../telemetry/index.ts';
+import { formatHostPort } from './io.ts';
 
 /**
- * The native data plane for HTTP CONNECT (native/egress.c): accepts, reads the request head, dials the address the
+ * The native data plane for HTTP listeners (native/egress.c): accepts, reads the request head, dials the address the
  * proxy chose and relays on one epoll thread, without a Node socket per connection. The proxy keeps every decision
  * and record; this module only routes the plane's events to the proxy that owns the listener. A connection the
- * plane does not take (not a well-formed CONNECT, a slow client, or one the proxy gives back) arrives as a Node
- * socket through `handoff`, with the bytes already read. Without the addon (`npm install` did not build it), or with
+ * plane does not take (a malformed head, a slow client, or one the proxy gives back) arrives as a Node socket
+ * through `handoff`, with the bytes already read. Without the addon (`npm install` did not build it), or with
  * CUSTOS_EGRESS_PLANE=node, every connection goes through Node's sockets instead.
  */
 
@@ -94,57 +95,63 @@ function adopt(fd: number): Socket | undefined {
   }
 }
 
-/** Events arrive as one flat array per batch: a type, then that type's fields (see call_js in native/egress.c). */
+/** Fields after the type, per event type (call_js in native/egress.c writes them in this order). */
+const EVENT_FIELDS: Record<number, number> = { 1: 8, 2: 5, 3: 2, 4: 5, 5: 6 };
+
+/** A tunnel the proxy must answer or is waiting on: its owner hears of it until it closes or is handed over. */
+function own(tunnel: number, listener: number): PlaneHandlers {
+  const owner = handlersByListener.get(listener)!;
+  tunnelOwners.set(tunnel, owner);
+  updateHold();
+  return owner;
+}
+
+function disown(tunnel: number): PlaneHandlers | undefined {
+  const owner = tunnelOwners.get(tunnel);
+  tunnelOwners.delete(tunnel);
+  updateHold();
+  return owner;
+}
+
+/** One event, its fields at `e[at]` on (read in place: no array per event). */
+function handle(e: unknown[], type: number, at: number): void {
+  const n = (k: number): number => e[at + k] as number;
+  if (type === 1) {
+    const peer = formatHostPort(e[at + 2] as string, n(3));
+    own(n(1), n(0)).connect(n(0), n(1), peer, e[at + 4] as string, e[at + 5] as string | undefined, n(6), n(7));
+  } else if (type === 2) {
+    disown(n(1));
+    const socket = adopt(n(2));
+    if (socket) handlersByListener.get(n(0))!.handoff(socket, e[at + 3] as Buffer, n(4));
+  } else if (type === 3) {
+    tunnelOwners.get(n(0))?.dialFailed(n(0), e[at + 1] as string);
+  } else if (type === 4) {
+    disown(n(0))?.closed(n(0), n(1), n(2), CLOSE_REASONS[n(3)]!, n(4) === 1);
+  } else {
+    own(n(1), n(0)).request(n(0), n(1), formatHostPort(e[at + 2] as string, n(3)), e[at + 4] as Buffer, n(5));
+  }
+}
+
+/** Events arrive as one flat array per batch: a type, then that type's fields. */
 function deliver(events: unknown[]): void {
-  let i = 0;
-  while (i < events.length) {
+  for (let i = 0; i < events.length; ) {
     const type = events[i] as number;
+    const fields = EVENT_FIELDS[type];
+    if (fields === undefined) {
+      log.error({ type }, 'unknown egress plane event; the rest of the batch is dropped');
+      return;
+    }
     try {
-      if (type === 1) {
-        const [listener, tunnel, ip, port, target, authorization, ageMs, verdict] = events.slice(i + 1, i + 9) as [number, number, string, number, string, string | undefined, number, number];
-        i += 9;
-        const owner = handlersByListener.get(listener)!;
-        tunnelOwners.set(tunnel, owner);
-        updateHold();
-        owner.connect(listener, tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, target, authorization, ageMs, verdict);
-      } else if (type === 2) {
-        const [listener, tunnel, fd, bytes, ageMs] = events.slice(i + 1, i + 6) as [number, number, number, Buffer, number];
-        i += 6;
-        tunnelOwners.delete(tunnel);
-        updateHold();
-        const socket = adopt(fd);
-        if (socket) handlersByListener.get(listener)!.handoff(socket, bytes, ageMs);
-      } else if (type === 5) {
-        const [listener, tunnel, ip, port, head, ageMs] = events.slice(i + 1, i + 7) as [number, number, string, number, Buffer, number];
-        i += 7;
-        const owner = handlersByListener.get(listener)!;
-        tunnelOwners.set(tunnel, owner);
-        updateHold();
-        owner.request(listener, tunnel, ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`, head, ageMs);
-      } else if (type === 3) {
-        const [tunnel, code] = events.slice(i + 1, i + 3) as [number, string];
-        i += 3;
-        tunnelOwners.get(tunnel)?.dialFailed(tunnel, code);
-      } else if (type === 4) {
-        const [tunnel, toUpstream, fromUpstream, reason, connected] = events.slice(i + 1, i + 6) as [number, number, number, number, number];
-        i += 6;
-        const owner = tunnelOwners.get(tunnel);
-        tunnelOwners.delete(tunnel);
-        updateHold();
-        owner?.closed(tunnel, toUpstream, fromUpstream, CLOSE_REASONS[reason]!, connected === 1);
-      } else {
-        throw new Error(`unknown egress plane event ${type}`);
-      }
+      handle(events, type, i + 1);
     } catch (err) {
       // One connection's handler failing must not lose the rest of the batch.
       log.error({ err }, 'egress plane event handler failed');
-      if (type < 1 || type > 5) return;
     }
+    i += 1 + fields;
   }
 }
 
 export interface PlaneListener {
-  id: number;
   /** `ip:port` or `[ip]:port` as bound. */
   bound: { address: string; port: number };
   configure(maxHeadBytes: number, handshakeMs: number): void;
@@ -165,7 +172,6 @@ export const plane = addon
         updateHold();
         let open = true;
         return {
-          id,
           bound: { address: boundIp, port: boundPort },
           configure: (max, ms) => addon.configureListener(id, max, ms),
           close: () => {
@@ -183,7 +189,7 @@ export const plane = addon
        * With `preamble` the destination gets it first and the client no 200 (a forwarded request's origin-form head).
        */
       dial(tunnel: number, ip: string, port: number, connectMs: number, idleMs: number, source: number, preamble?: Buffer): boolean {
-        return preamble ? addon.dial(tunnel, ip, port, connectMs, idleMs, source, preamble) : addon.dial(tunnel, ip, port, connectMs, idleMs, source);
+        return addon.dial(tunnel, ip, port, connectMs, idleMs, source, preamble);
       },
       /**
        * The plane will dial repeats of this CONNECT (same listener, Proxy-Authorization value and target) to `ip` by
@@ -209,8 +215,7 @@ export const plane = addon
         return nextSourceNumber++;
       },
       refuse(tunnel: number, reply: Buffer): void {
-        tunnelOwners.delete(tunnel);
-        updateHold();
+        disown(tunnel);
         addon.refuse(tunnel, reply);
       },
       handoff(tunnel: number): void {
@@ -221,5 +226,3 @@ export const plane = addon
       },
     }
   : undefined;
-
-export type Plane = NonNullable<typeof plane>;

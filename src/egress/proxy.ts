@@ -31,9 +31,10 @@ import {
  * listeners. Each connection is one `Attempt`: identify the source, decide with `policy.ts`, resolve once, dial
  * exactly a checked address (directly or through an agent), then relay with accounting from `conn.ts`.
  *
- * Where the native plane is built (plane.ts), HTTP listeners are the plane's: a CONNECT by a known source whose
- * candidate policies are all direct without the SNI guard is decided here and relayed by the plane (the fast
- * path, `onPlaneConnect`); every other connection comes back as a Node socket and takes the socket path below.
+ * Where the native plane is built (plane.ts), HTTP listeners are the plane's: a CONNECT or a forward-proxy request by
+ * a known source whose candidate policies are all direct without the SNI guard is decided here and relayed by the
+ * plane (the fast path, `planeFastPath`); every other connection comes back as a Node socket and takes the socket
+ * path below.
  */
 
 export interface EgressProxyOptions {
@@ -45,6 +46,18 @@ export interface EgressProxyOptions {
 }
 
 type ListenerKind = 'http' | 'socks5';
+
+/** A request head the native plane read, as the fast path needs it. */
+interface PlaneHead {
+  listener: number;
+  tunnel: number;
+  peer: string;
+  target: string;
+  authorization: string | undefined;
+  ageMs: number;
+  /** The listener's source, when it is a source's dedicated listener. */
+  dedicatedSource: string | undefined;
+}
 
 interface Listener {
   kind: ListenerKind;
@@ -433,7 +446,7 @@ export class EgressProxy {
    * and only direct policies without the SNI guard among the candidates; anything else is handed back and takes the
    * socket path, which answers it exactly as it answers a connection accepted by Node.
    */
-  private onPlaneConnect(head: { listener: number; tunnel: number; peer: string; target: string; authorization: string | undefined; ageMs: number; dedicatedSource: string | undefined }): void {
+  private onPlaneConnect(head: PlaneHead): void {
     let target: { host: string; port: number };
     try {
       target = parseAuthority(head.target);
@@ -448,7 +461,7 @@ export class EgressProxy {
    * A forward-proxy request head read by the plane: the same fast path as a CONNECT, with the request rewritten to
    * origin-form as the socket path does (`originFormHead`) and sent to the destination before the body.
    */
-  private onPlaneRequest(request: { listener: number; tunnel: number; peer: string; head: Buffer; ageMs: number; dedicatedSource: string | undefined }): void {
+  private onPlaneRequest(request: Omit<PlaneHead, 'target' | 'authorization'> & { head: Buffer }): void {
     let head: RequestHead | undefined;
     let target: { host: string; port: number; path: string };
     try {
@@ -463,19 +476,14 @@ export class EgressProxy {
     this.planeFastPath({ ...request, target: head.target, authorization: headerValue(head, 'Proxy-Authorization') }, 'http', target, preamble);
   }
 
-  private planeFastPath(
-    head: { listener: number; tunnel: number; peer: string; target: string; authorization: string | undefined; ageMs: number; dedicatedSource: string | undefined },
-    protocol: 'connect' | 'http',
-    target: { host: string; port: number },
-    preamble: Buffer | undefined,
-  ): void {
+  private planeFastPath(head: PlaneHead, protocol: 'connect' | 'http', target: { host: string; port: number }, preamble: Buffer | undefined): void {
     const { tunnel, peer, ageMs } = head;
     const fast = this.fastPathFor(target, head.authorization, head.dedicatedSource);
     if (!fast) {
       plane!.handoff(tunnel);
       return;
     }
-    const { source, host, port } = fast;
+    const { source, host, port, candidates } = fast;
     countPath('plane_decided');
     const attempt = this.newAttempt(protocol, peer, ageMs, () => this.planeAttempts.delete(tunnel));
     this.planeAttempts.set(tunnel, attempt);
@@ -509,17 +517,24 @@ export class EgressProxy {
         attempt.fail('protocol_error', `internal error: ${err.message}`);
         this.refusePlane(tunnel, attempt);
       },
+      candidates,
     );
   }
 
-  private fastPathFor(target: { host: string; port: number }, authorization: string | undefined, dedicatedSource: string | undefined): { source: EgressSource; host: string; port: number } | undefined {
+  /** The source and, when nothing is kept for the destination, its candidate policies (handed on to `decide`). */
+  private fastPathFor(
+    target: { host: string; port: number },
+    authorization: string | undefined,
+    dedicatedSource: string | undefined,
+  ): { source: EgressSource; host: string; port: number; candidates: EgressPolicy[] | undefined } | undefined {
     if (this.draining) return undefined;
     const { host, port } = target;
     const source = dedicatedSource ? this.config.sources.find((s) => s.id === dedicatedSource) : this.sourceByAuthorization(authorization);
     if (!source || (this.perSource.get(source.id) ?? 0) >= source.maxConnections) return undefined;
     const cached = this.decisions.get(`${source.id} ${host} ${port}`);
-    const plain = cached ? !cached.policy || isPlain(cached.policy) : candidatePolicies(sourcePolicies(this.config, source), host, port).every(isPlain);
-    return plain ? { source, host, port } : undefined;
+    if (cached) return !cached.policy || isPlain(cached.policy) ? { source, host, port, candidates: undefined } : undefined;
+    const candidates = candidatePolicies(sourcePolicies(this.config, source), host, port);
+    return candidates.every(isPlain) ? { source, host, port, candidates } : undefined;
   }
 
   /**
@@ -706,10 +721,18 @@ export class EgressProxy {
   }
 
   /** The decision: at once when one for this IP-literal destination is kept, else through `decide`. */
-  private decideThen(attempt: Attempt, source: EgressSource, host: string, port: number, then: (decision: Decision | undefined) => void, failed: (err: Error) => void): void {
+  private decideThen(
+    attempt: Attempt,
+    source: EgressSource,
+    host: string,
+    port: number,
+    then: (decision: Decision | undefined) => void,
+    failed: (err: Error) => void,
+    candidates?: EgressPolicy[],
+  ): void {
     const cached = this.decisions.get(`${source.id} ${host} ${port}`);
     if (cached) then(cached);
-    else this.decide(attempt, source, host, port).then(then, failed);
+    else this.decide(attempt, source, host, port, candidates).then(then, failed);
   }
 
   private afterDecision(
@@ -806,8 +829,13 @@ export class EgressProxy {
    * (bounded, until the next reload) and the next connection to the same destination dials the same checked
    * address without deciding again. Undefined with `attempt.failure` set when the name did not resolve.
    */
-  private async decide(attempt: Attempt, source: EgressSource, host: string, port: number): Promise<Decision | undefined> {
-    const candidates = candidatePolicies(sourcePolicies(this.config, source), host, port);
+  private async decide(
+    attempt: Attempt,
+    source: EgressSource,
+    host: string,
+    port: number,
+    candidates = candidatePolicies(sourcePolicies(this.config, source), host, port),
+  ): Promise<Decision | undefined> {
     const literal = ipLiteral(host);
     let decision: Decision;
     if (candidates.length === 0) {
