@@ -1,9 +1,10 @@
-// The egress proxy's data plane for HTTP CONNECT: accept, read the request head, dial the address JavaScript chose,
-// and relay bytes both ways, on one epoll thread, with no Node socket objects per connection. JavaScript keeps
-// every decision (who the source is, which policy, which address) and every record: this file only moves bytes and
-// reports what happened. A connection that is not a plain, well-formed CONNECT (forward HTTP, a malformed or
-// oversized head, a slow client) is handed over to JavaScript as a file descriptor with the bytes read so far, so
-// every error reply and record comes from one place (proxy.ts).
+// The egress proxy's data plane for its HTTP listeners: accept, read the request head (CONNECT, or a forward-proxy
+// request that JavaScript rewrites), dial the address JavaScript chose, and relay bytes both ways, on one epoll
+// thread, with no Node socket objects per connection. JavaScript keeps every decision (who the source is, which
+// policy, which address) and every record: this file only moves bytes and reports what happened. A connection it
+// does not take (a malformed or oversized head, a slow client, one JavaScript gives back) is handed over to
+// JavaScript as a file descriptor with the bytes read so far, so every error reply and record comes from one place
+// (proxy.ts).
 //
 // Threads: the main (JS) thread calls the exported functions; they only create listening sockets or queue commands
 // (mutex + eventfd). The plane thread owns every accepted socket, and posts events back through one thread-safe
@@ -41,7 +42,7 @@ typedef struct {
   uint8_t *bytes;             // EV_HANDOFF: what was read so far; EV_REQUEST: the request head
   size_t length;
   double numbers[4];          // EV_CONNECT: peer port, verdict (0: none, JS decides); EV_CLOSED: bytes to and from the destination, close reason, connected
-  int64_t accepted_ns;        // EV_CONNECT, EV_HANDOFF: monotonic accept time
+  int64_t accepted_ns;        // EV_CONNECT, EV_REQUEST, EV_HANDOFF: monotonic accept time
 } Event;
 
 // ---- commands (JS → plane thread) ----
@@ -683,22 +684,13 @@ static void relay_writable(Tunnel *t, int side) {
   if (settle(t)) update_interest(t);
 }
 
+/** The errno's symbolic name (ECONNREFUSED, …), as Node reports `err.code`; records and JS errors carry it. */
 static const char *errno_code(int error) {
-  switch (error) {
-    case ECONNREFUSED: return "ECONNREFUSED";
-    case ETIMEDOUT: return "ETIMEDOUT";
-    case EHOSTUNREACH: return "EHOSTUNREACH";
-    case ENETUNREACH: return "ENETUNREACH";
-    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
-    case ECONNRESET: return "ECONNRESET";
-    case EACCES: return "EACCES";
-    case EPERM: return "EPERM";
-    case EMFILE: return "EMFILE";
-    case ENFILE: return "ENFILE";
-    case ENOBUFS: return "ENOBUFS";
-    case EAFNOSUPPORT: return "EAFNOSUPPORT";
-    default: return "ECONNABORTED";
-  }
+#if defined(__GLIBC__) && __GLIBC_PREREQ(2, 32)
+  const char *name = strerrorname_np(error);
+  if (name) return name;
+#endif
+  return "UNKNOWN_ERRNO";
 }
 
 static void dial_failed(Tunnel *t, const char *code) {
@@ -1264,7 +1256,7 @@ static napi_value listen_on(napi_env env, napi_callback_info info) {
   if (bind(fd, (struct sockaddr *)&c.address, c.address_length) != 0 || listen(fd, 4096) != 0) {
     int error = errno;
     close(fd);
-    return throw_error(env, error == EADDRINUSE ? "EADDRINUSE" : error == EADDRNOTAVAIL ? "EADDRNOTAVAIL" : error == EACCES ? "EACCES" : errno_code(error), strerror(error));
+    return throw_error(env, errno_code(error), strerror(error));
   }
   struct sockaddr_storage bound;
   socklen_t bound_length = sizeof bound;
