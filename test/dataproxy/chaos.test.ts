@@ -51,6 +51,14 @@ async function session(): Promise<{ client: pg.Client; cut: () => void }> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A session whose connection is cut `afterMs` into a query it has not finished. */
+async function cutDuring(sql: string, afterMs: number): Promise<void> {
+  const { client, cut } = await session();
+  void client.query(sql).catch(() => undefined);
+  await sleep(afterMs);
+  cut();
+}
+
 test('60 clients cut off at every stage leave no upstream backend behind, and the proxy goes on serving', async () => {
   const baseline = await backends();
   const stages = [
@@ -61,24 +69,14 @@ test('60 clients cut off at every stage leave no upstream backend behind, and th
       await sleep(5);
       socket.destroy();
     },
-    async () => {
-      const { client, cut } = await session();
-      void client.query('select pg_sleep(0.3)').catch(() => undefined);
-      await sleep(20);
-      cut();
-    },
+    () => cutDuring('select pg_sleep(0.3)', 20),
     async () => {
       const { client, cut } = await session();
       await client.query('begin');
       await client.query('select * from library.authors');
       cut();
     },
-    async () => {
-      const { client, cut } = await session();
-      void client.query('select g, repeat(\'x\', 200) from generate_series(1, 200000) g').catch(() => undefined);
-      await sleep(30);
-      cut();
-    },
+    () => cutDuring("select g, repeat('x', 200) from generate_series(1, 200000) g", 30),
     async () => {
       const { client } = await session();
       await client.query('select * from library.authors');

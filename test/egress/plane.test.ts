@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
 import { plane } from '../../src/egress/plane.ts';
-import { registry } from '../../src/telemetry/index.ts';
+import { registry, splitHostPort } from '../../src/telemetry/index.ts';
 import type { EgressRecord } from '../../src/model/index.ts';
 import { auth, CLI, curl, openTunnel, readUntil, startEchoOrigin, startHttpOrigin, startProxy, waitFor, type Origin, type RunningProxy } from './helpers.ts';
 
@@ -50,7 +50,7 @@ after(async () => {
 });
 
 function port(address: string): number {
-  return Number(address.slice(address.lastIndexOf(':') + 1));
+  return splitHostPort(address).port;
 }
 
 function head(target: string): string {
