@@ -47,6 +47,12 @@ export interface EgressProxyOptions {
 
 type ListenerKind = 'http' | 'socks5';
 
+/** A fast-path tunnel's attempt and, once a decision allowed it, the dial: checked addresses, the one tried. */
+interface PlaneTunnel {
+  attempt: Attempt;
+  dialing?: { addresses: string[]; port: number; index: number; /** the source's plane number */ source: number; preamble?: Buffer };
+}
+
 /** A request head the native plane read, as the fast path needs it. */
 interface PlaneHead {
   listener: number;
@@ -116,8 +122,8 @@ export class EgressProxy {
   private readonly agents = new AgentPool();
   private readonly listeners = new Map<string, Listener>();
   private readonly open = new Map<Socket, { attempt: Attempt; upstream?: Socket }>();
-  /** Attempts on the native plane's fast path, by tunnel id. */
-  private readonly planeAttempts = new Map<number, Attempt>();
+  /** Tunnels on the native plane's fast path, by tunnel id; each leaves when its attempt ends. */
+  private readonly planeTunnels = new Map<number, PlaneTunnel>();
   private readonly planeHandlers: (sourceId: string | undefined) => PlaneHandlers = (sourceId) => ({
     connect: (listener, tunnel, peer, target, authorization, ageMs, verdict) =>
       verdict ? this.onPlaneVerdict(tunnel, peer, ageMs, verdict) : this.onPlaneConnect({ listener, tunnel, peer, target, authorization, ageMs, dedicatedSource: sourceId }),
@@ -126,8 +132,6 @@ export class EgressProxy {
     dialFailed: (tunnel, code) => this.planeDialFailed(tunnel, code),
     closed: (tunnel, toUpstream, fromUpstream, reason, connected) => this.planeClosed(tunnel, toUpstream, fromUpstream, reason, connected),
   });
-  /** Fast-path tunnels being dialled: the checked addresses, the one being tried, the source's plane number. */
-  private readonly planeDials = new Map<number, { addresses: string[]; port: number; index: number; source: number; preamble?: Buffer }>();
   /** Decisions the plane repeats by itself (plane.remember), by verdict number; bounded, kept across reloads. */
   private readonly verdicts = new Map<number, { source: EgressSource; policy: EgressPolicy; host: string; port: number; address: string }>();
   private nextVerdict = 1;
@@ -180,7 +184,7 @@ export class EgressProxy {
   }
 
   openConnections(): number {
-    return this.open.size + this.planeAttempts.size;
+    return this.open.size + this.planeTunnels.size;
   }
 
   agentHealth(): ReturnType<AgentPool['health']> {
@@ -211,7 +215,7 @@ export class EgressProxy {
     // before its listener closed is announced late, so the plane's tunnels are swept until none is left.
     const aborted = new Set<number>();
     for (;;) {
-      for (const tunnel of this.planeAttempts.keys()) {
+      for (const tunnel of this.planeTunnels.keys()) {
         if (aborted.has(tunnel)) continue;
         aborted.add(tunnel);
         plane!.abort(tunnel);
@@ -485,8 +489,8 @@ export class EgressProxy {
     }
     const { source, host, port, candidates } = fast;
     countPath('plane_decided');
-    const attempt = this.newAttempt(protocol, peer, ageMs, () => this.planeAttempts.delete(tunnel));
-    this.planeAttempts.set(tunnel, attempt);
+    const state = this.beginPlane(tunnel, protocol, peer, ageMs);
+    const { attempt } = state;
     attempt.host = host;
     attempt.port = port;
     this.admit(attempt, source);
@@ -496,7 +500,7 @@ export class EgressProxy {
       host,
       port,
       (decision) => {
-        if (this.planeAttempts.get(tunnel) !== attempt) return; // aborted (drain) while deciding
+        if (this.planeTunnels.get(tunnel) !== state) return; // aborted (drain) while deciding
         if (decision?.policy) this.notePolicy(attempt, decision.policy);
         if (decision?.allowed && !isPlain(decision.policy)) attempt.fail('connect_error', `the configuration changed while ${host} was decided; try again`);
         else if (decision && !decision.allowed) attempt.fail(decision.reason, decision.detail);
@@ -506,8 +510,8 @@ export class EgressProxy {
           return;
         }
         attempt.address = decision.addresses[0];
-        this.planeDials.set(tunnel, { addresses: decision.addresses, port, index: 0, source: this.sourceNumber(source), preamble });
-        this.dialPlane(tunnel, attempt);
+        state.dialing = { addresses: decision.addresses, port, index: 0, source: this.sourceNumber(source), preamble };
+        this.dialPlane(tunnel, state);
         // A forwarded request is rewritten per request: only CONNECT is repeated by the plane alone.
         const remembered = protocol === 'connect' && this.decisions.get(`${source.id} ${host} ${port}`) === decision && decision.addresses.length === 1;
         if (remembered) this.rememberVerdict(head, source, decision.policy, host, port, decision.addresses[0]!);
@@ -563,8 +567,8 @@ export class EgressProxy {
   /** A connection the plane is already dialling on a remembered verdict: only its attempt is made here. */
   private onPlaneVerdict(tunnel: number, peer: string, ageMs: number, verdict: number): void {
     countPath('plane_verdict');
-    const attempt = this.newAttempt('connect', peer, ageMs, () => this.planeAttempts.delete(tunnel));
-    this.planeAttempts.set(tunnel, attempt);
+    const state = this.beginPlane(tunnel, 'connect', peer, ageMs);
+    const { attempt } = state;
     const known = this.verdicts.get(verdict);
     if (!known) {
       // Cannot happen while numbers are dropped only together with the plane's copies; fail closed if it does.
@@ -578,37 +582,42 @@ export class EgressProxy {
     attempt.address = known.address;
     this.admit(attempt, known.source, false);
     this.notePolicy(attempt, known.policy);
-    this.planeDials.set(tunnel, { addresses: [known.address], port: known.port, index: 0, source: this.sourceNumber(known.source) });
+    state.dialing = { addresses: [known.address], port: known.port, index: 0, source: this.sourceNumber(known.source) };
+  }
+
+  private beginPlane(tunnel: number, protocol: ProxyProtocol, peer: string, ageMs: number): PlaneTunnel {
+    const state: PlaneTunnel = { attempt: this.newAttempt(protocol, peer, ageMs, () => this.planeTunnels.delete(tunnel)) };
+    this.planeTunnels.set(tunnel, state);
+    return state;
   }
 
   /** Dials the current address of the tunnel's checked list; each failure moves on to the next, as `dialDirect` does. */
-  private dialPlane(tunnel: number, attempt: Attempt): void {
-    const dialing = this.planeDials.get(tunnel)!;
+  private dialPlane(tunnel: number, state: PlaneTunnel): void {
+    const dialing = state.dialing!;
     const address = dialing.addresses[dialing.index]!;
     if (!plane!.dial(tunnel, address, dialing.port, this.config.timeouts.connectMs, this.config.timeouts.idleMs, dialing.source, dialing.preamble)) {
       this.planeDialFailed(tunnel, 'EINVAL');
     } else {
-      attempt.address = address;
+      state.attempt.address = address;
     }
   }
 
   private planeDialFailed(tunnel: number, code: string): void {
-    const attempt = this.planeAttempts.get(tunnel);
-    const dialing = this.planeDials.get(tunnel);
-    if (!attempt || !dialing) return;
+    const state = this.planeTunnels.get(tunnel);
+    const dialing = state?.dialing;
+    if (!state || !dialing) return;
     const address = dialing.addresses[dialing.index]!;
     if (++dialing.index < dialing.addresses.length) {
-      this.dialPlane(tunnel, attempt);
+      this.dialPlane(tunnel, state);
       return;
     }
     const failure = dialFailure(code, address, dialing.port, this.config.timeouts.connectMs);
-    attempt.fail(failure.reason, failure.message);
-    this.refusePlane(tunnel, attempt);
+    state.attempt.fail(failure.reason, failure.message);
+    this.refusePlane(tunnel, state.attempt);
   }
 
   private planeClosed(tunnel: number, toUpstream: number, fromUpstream: number, reason: PlaneCloseReason, connected: boolean): void {
-    const attempt = this.planeAttempts.get(tunnel);
-    this.planeDials.delete(tunnel);
+    const attempt = this.planeTunnels.get(tunnel)?.attempt;
     if (!attempt) return;
     if (connected) {
       attempt.egressed = true;
@@ -622,7 +631,6 @@ export class EgressProxy {
   }
 
   private refusePlane(tunnel: number, attempt: Attempt): void {
-    this.planeDials.delete(tunnel);
     const reply = httpRefusal(attempt, attempt.failure!.reason);
     attempt.end();
     plane!.refuse(tunnel, Buffer.from(reply));
