@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { stringify } from 'yaml';
+import { custosArgs } from '../test/helpers/bin.ts';
 
 const run = promisify(execFile);
 const arg = (name: string, fallback: number): number => {
@@ -161,8 +162,8 @@ async function main(): Promise<void> {
     for (const [name, policies] of [['custos', UNTOUCHED], ['custos-masked', ACCOUNTS(false)], ['custos-masked-filtered', ACCOUNTS(true)]] as const) {
       const port = await freePort();
       writeFileSync(join(dir, `${name}.yaml`), proxyConfig(policies as unknown[]));
-      const child = spawn(process.execPath, ['bin/custos.js', 'dataproxy', '--config', join(dir, `${name}.yaml`), '--upstream', dbUrl,
-        '--listen', `127.0.0.1:${port}`, '--log-file', join(dir, `${name}-events.ndjson`)], { stdio: 'ignore', env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' } });
+      const child = spawn(process.execPath, custosArgs('dataproxy', '--config', join(dir, `${name}.yaml`), '--upstream', dbUrl,
+        '--listen', `127.0.0.1:${port}`, '--log-file', join(dir, `${name}-events.ndjson`)), { stdio: 'ignore', env: { ...process.env, CUSTOS_LOG_LEVEL: 'warn' } });
       children.push(child);
       await waitForPort(port, child);
       proxies[name] = { conn: `postgresql://bench:bench@127.0.0.1:${port}/${DB}?sslmode=disable`, pid: child.pid! };

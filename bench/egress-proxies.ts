@@ -19,6 +19,7 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { custosArgs } from '../test/helpers/bin.ts';
 
 const quick = process.argv.includes('--quick');
 const onlyAt = process.argv.indexOf('--only');
@@ -143,7 +144,7 @@ async function startCustos(origin: Origin): Promise<Peer> {
     ].join('\n') + '\n',
   );
   // Records are written to a file, as in production: their cost is part of what is measured.
-  const child = start(process.execPath, [join(import.meta.dirname, '../bin/custos.js'), 'egress', '--config', config, '--log-file', join(dir, 'custos-records.ndjson')]);
+  const child = start(process.execPath, custosArgs('egress', '--config', config, '--log-file', join(dir, 'custos-records.ndjson')));
   await waitForPort(port, 'custos egress', child);
   return { name: 'custos egress', port, connect: true, child };
 }

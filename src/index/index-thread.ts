@@ -22,8 +22,8 @@ port.on('message', async ({ id, method, args }: IndexCall) => {
       const lines = text.split('\n');
       result = await index.insert(org, indexes.map((index, i) => ({ index, json: lines[i] as string })));
     } else if (method === 'insertRun') {
-      const [org, first, text] = args as [string, number, string];
-      result = await index.insert(org, runRows(first, text));
+      const [org, first, runs] = args as [string, number, string[]];
+      result = await index.insert(org, runRows(first, runs));
     } else if (method === 'indexedSize') result = await index.indexedSize(args[0] as string);
     else if (method === 'list') result = await index.list(args[0] as Parameters<EntryIndex['list']>[0]);
     else if (method === 'clear') result = await index.clear(args[0] as string | undefined);

@@ -73,8 +73,8 @@ export class ThreadedEntryIndex implements Pick<EntryIndex, 'insert' | 'insertRu
   }
 
   /** One string crosses to the thread as it is: no work per row on this side. */
-  insertRun(org: string, first: number, text: string): Promise<void> {
-    return this.call('insertRun', org, first, text);
+  insertRun(org: string, first: number, runs: readonly string[]): Promise<void> {
+    return this.call('insertRun', org, first, runs);
   }
 
   indexedSize(org: string): Promise<number> {

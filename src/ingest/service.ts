@@ -210,7 +210,7 @@ export class IngestService {
       while (cursor < target) {
         const held = this.takePending(org, cursor, Math.min(target, cursor + INDEX_BATCH));
         let taken = held?.count ?? 0;
-        if (held) await this.index.insertRun(org, cursor, held.text);
+        if (held) await this.index.insertRun(org, cursor, held.runs);
         else {
           const batch: IndexRow[] = [];
           for await (const rows of this.ledger.readBatches(org, cursor, Math.min(target, cursor + INDEX_BATCH))) batch.push(...rows);
@@ -232,11 +232,11 @@ export class IngestService {
   }
 
   /**
-   * The pending entries from `from` (up to `to`, exclusive) as one contiguous run of text, dropping runs that fall
+   * The pending entries from `from` (up to `to`, exclusive) as contiguous runs of text, dropping runs that fall
    * behind `from`; undefined when the entry at `from` is not held in memory (after a restart, or appended by another
    * path).
    */
-  private takePending(org: string, from: number, to: number): { count: number; text: string } | undefined {
+  private takePending(org: string, from: number, to: number): { count: number; runs: string[] } | undefined {
     const runs = this.pending.get(org) ?? [];
     runs.sort((a, b) => a.first - b.first);
     while (runs.length > 0 && (runs[0] as PendingRun).first + (runs[0] as PendingRun).count <= from) runs.shift();
@@ -248,7 +248,7 @@ export class IngestService {
       texts.push(next === run.first && end === run.first + run.count ? run.text : linesOf(run.text, next - run.first, end - run.first));
       next = end;
     }
-    return next > from ? { count: next - from, text: texts.join('\n') } : undefined;
+    return next > from ? { count: next - from, runs: texts } : undefined;
   }
 
   /** Rebuilds the index of one or all organizations from the ledger (`custos reindex`). */

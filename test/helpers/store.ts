@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { custosArgs } from './bin.ts';
 import { loadServeConfig, startServer, type RunningServer } from '../../src/server/index.ts';
 
 export const ADMIN = 'cst_test_admin_token_0123456789';
@@ -58,8 +59,7 @@ export function entry(i: number, extra: Record<string, unknown> = {}): Record<st
 /** `custos serve` as a child process on an ephemeral port; resolves with its URL once it listens. */
 export async function spawnServe(dataDir: string, env: Record<string, string> = {}): Promise<{ child: import('node:child_process').ChildProcess; url: string }> {
   const { spawn } = await import('node:child_process');
-  const bin = join(import.meta.dirname, '../../bin/custos.js');
-  const child = spawn(process.execPath, [bin, 'serve', '--data', dataDir, '--port', '0'], {
+  const child = spawn(process.execPath, custosArgs('serve', '--data', dataDir, '--port', '0'), {
     env: { ...process.env, CUSTOS_ADMIN_TOKEN: ADMIN, CUSTOS_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
