@@ -3,8 +3,8 @@
     {
       "target_name": "custos_hash",
       "sources": ["native/hash.c"],
-      "cflags": ["-O2"],
-      "libraries": ["-ldl"]
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-ldl", "-lpthread"]
     },
     {
       "target_name": "custos_egress",

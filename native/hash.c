@@ -4,6 +4,8 @@
 // the slow digest itself: the system's libcrypto, when present, has the SHA-NI/AVX2 code (~1.8 GB/s here).
 #define NAPI_VERSION 8
 #include <dlfcn.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <node_api.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -120,6 +122,127 @@ static napi_value hash_ranges(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// hashRangesAsync(buffer, ranges, count, prefix, out, done): hashRanges on a thread of its own, then done() on the
+// JavaScript thread. One thread for the process, jobs in arrival order: the ledger frames the next batch while the
+// previous one is hashed, so the two cores share an append. (libuv's pool would put the hashing behind, and
+// beside, the same pool's file writes and fsyncs.) The caller keeps every buffer alive and unchanged until done.
+typedef struct HashJob {
+  struct HashJob *next;
+  Batch batch;
+  unsigned char prefix;
+  uint8_t *out;
+  napi_threadsafe_function finished;
+  napi_ref keep[4]; // buffer, ranges, out, done
+} HashJob;
+
+static pthread_mutex_t jobs_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t jobs_waiting = PTHREAD_COND_INITIALIZER;
+static HashJob *jobs_head, *jobs_tail;
+static int hash_thread_started;
+
+static void hash_batch(const Batch *batch, unsigned char prefix, uint8_t *out) {
+  Sha256Context context;
+  for (uint32_t i = 0; i < batch->count; i++) {
+    sha256_init(&context);
+    sha256_update(&context, &prefix, 1);
+    sha256_update(&context, batch->buffer + batch->ranges[2 * i], batch->ranges[2 * i + 1] - batch->ranges[2 * i]);
+    sha256_final(out + (size_t)i * DIGEST_BYTES, &context);
+  }
+}
+
+static void *hash_thread(void *unused) {
+  (void)unused;
+  for (;;) {
+    pthread_mutex_lock(&jobs_lock);
+    while (jobs_head == NULL) pthread_cond_wait(&jobs_waiting, &jobs_lock);
+    HashJob *job = jobs_head;
+    jobs_head = job->next;
+    if (jobs_head == NULL) jobs_tail = NULL;
+    pthread_mutex_unlock(&jobs_lock);
+    hash_batch(&job->batch, job->prefix, job->out);
+    // Fails only once the job's JavaScript environment is closing; its references then go with it.
+    if (napi_call_threadsafe_function(job->finished, job, napi_tsfn_blocking) != napi_ok) free(job);
+  }
+  return NULL;
+}
+
+// Per JavaScript environment (the main thread, each worker): the way back to it, and how many jobs it awaits, so
+// that an idle hashing thread does not keep its event loop alive.
+typedef struct {
+  napi_threadsafe_function finished;
+  uint32_t outstanding;
+} HashEnv;
+
+static void job_finished(napi_env env, napi_value unused, void *context, void *data) {
+  HashEnv *state = context;
+  HashJob *job = data;
+  if (env == NULL) {
+    // The environment is being torn down (a worker ended): its references went with it.
+    free(job);
+    return;
+  }
+  if (--state->outstanding == 0) napi_unref_threadsafe_function(env, state->finished);
+  napi_value done, undefined;
+  int have_done = napi_get_reference_value(env, job->keep[3], &done) == napi_ok && done != NULL;
+  for (int i = 0; i < 4; i++) napi_delete_reference(env, job->keep[i]);
+  free(job);
+  if (have_done && napi_get_undefined(env, &undefined) == napi_ok) napi_call_function(env, undefined, done, 0, NULL, NULL);
+}
+
+static void free_hash_env(napi_env env, void *data, void *hint) { free(data); }
+
+static napi_value hash_ranges_async(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  HashJob *job = calloc(1, sizeof *job);
+  if (job == NULL) return fail(env, "out of memory");
+  size_t out_length;
+  uint32_t prefix;
+  napi_valuetype done_type;
+  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 0, &job->batch)) return free(job), NULL;
+  if (napi_get_value_uint32(env, argv[3], &prefix) != napi_ok || prefix > 255) return free(job), fail(env, "prefix must be a byte");
+  if (!bytes_of(env, argv[4], &job->out, &out_length)) return free(job), fail(env, "out must be a Uint8Array");
+  if ((size_t)job->batch.count * DIGEST_BYTES > out_length) return free(job), fail(env, "out is too small for count digests");
+  if (napi_typeof(env, argv[5], &done_type) != napi_ok || done_type != napi_function) return free(job), fail(env, "done must be a function");
+  HashEnv *state;
+  if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
+    state = calloc(1, sizeof *state);
+    napi_value name;
+    if (state == NULL || napi_create_string_utf8(env, "custos ledger hashing", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, state, job_finished, &state->finished) != napi_ok) {
+      free(state);
+      free(job);
+      return fail(env, "could not set up the hashing thread's callback");
+    }
+    napi_unref_threadsafe_function(env, state->finished);
+    napi_set_instance_data(env, state, free_hash_env, NULL);
+  }
+  job->prefix = (unsigned char)prefix;
+  job->finished = state->finished;
+  for (int i = 0; i < 4; i++) napi_create_reference(env, argv[i == 3 ? 5 : i == 2 ? 4 : i], 1, &job->keep[i]);
+  if (state->outstanding++ == 0) napi_ref_threadsafe_function(env, state->finished);
+  pthread_mutex_lock(&jobs_lock);
+  if (!hash_thread_started) {
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, hash_thread, NULL) == 0) {
+      pthread_detach(thread);
+      hash_thread_started = 1;
+    }
+  }
+  if (!hash_thread_started) {
+    pthread_mutex_unlock(&jobs_lock);
+    // No thread to be had: hash here, and answer as the thread would.
+    hash_batch(&job->batch, job->prefix, job->out);
+    job_finished(env, NULL, state, job);
+    return NULL;
+  }
+  if (jobs_tail) jobs_tail->next = job;
+  else jobs_head = job;
+  jobs_tail = job;
+  pthread_cond_signal(&jobs_waiting);
+  pthread_mutex_unlock(&jobs_lock);
+  return NULL;
+}
+
 // zlib's CRC-32 as linked into node (the same code as zlib.crc32 in JavaScript, without a call per record).
 typedef unsigned long (*Crc32Fn)(unsigned long, const unsigned char *, unsigned int);
 static Crc32Fn zlib_crc32;
@@ -171,6 +294,8 @@ NAPI_MODULE_INIT(/* napi_env env, napi_value exports */) {
   napi_value fn, source;
   if (napi_create_function(env, "hashRanges", NAPI_AUTO_LENGTH, hash_ranges, NULL, &fn) != napi_ok) return NULL;
   if (napi_set_named_property(env, exports, "hashRanges", fn) != napi_ok) return NULL;
+  if (napi_create_function(env, "hashRangesAsync", NAPI_AUTO_LENGTH, hash_ranges_async, NULL, &fn) != napi_ok) return NULL;
+  if (napi_set_named_property(env, exports, "hashRangesAsync", fn) != napi_ok) return NULL;
   zlib_crc32 = (Crc32Fn)dlsym(RTLD_DEFAULT, "crc32");
   if (zlib_crc32 != NULL) {
     napi_value crc_fn;

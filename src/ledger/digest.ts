@@ -20,8 +20,12 @@ export type Crc32Ranges = (buffer: Uint8Array, ranges: Uint32Array, count: numbe
  */
 export type StampRecords = (buffer: Uint8Array, payloads: Uint32Array, count: number, firstIndex: number) => void;
 
+/** `hashRanges` on the addon's hashing thread; `done` runs on this thread after. Buffers must stay unchanged until then. */
+export type HashRangesAsync = (buffer: Uint8Array, ranges: Uint32Array, count: number, prefix: number, out: Uint8Array, done: () => void) => void;
+
 interface NativeDigest {
   hashRanges: HashRanges;
+  hashRangesAsync?: HashRangesAsync;
   crc32Ranges?: Crc32Ranges;
   stampRecords?: StampRecords;
   digestSource: string;
@@ -74,6 +78,8 @@ function loadNative(): NativeDigest | undefined {
 const native = loadNative();
 
 export const hashRanges: HashRanges = native?.hashRanges ?? hashRangesPortable;
+/** Undefined without the addon: callers hash on their own thread instead. */
+export const hashRangesAsync: HashRangesAsync | undefined = native?.hashRangesAsync;
 export const crc32Ranges: Crc32Ranges = native?.crc32Ranges ?? crc32RangesPortable;
 export const stampRecords: StampRecords = native?.stampRecords ?? stampRecordsPortable;
 /** Which SHA-256 the ledger uses: `libcrypto.so.3` (native, system library), `node` (native, Node's own), or `node:crypto`. */

@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { crc32 } from 'node:zlib';
 import {
-  crc32Ranges, crc32RangesPortable, digestImplementation, hashRanges, hashRangesPortable, stampRecords, stampRecordsPortable,
+  crc32Ranges, crc32RangesPortable, digestImplementation, hashRanges, hashRangesAsync, hashRangesPortable, stampRecords, stampRecordsPortable,
 } from './digest.ts';
-import { CompactRange, leafHash, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
+import { CompactRange, leafHash, leafHashes, leafHashesAsync, MerkleTree, nodeHash, verifyConsistency, verifyInclusion } from './merkle.ts';
 
 interface Vectors {
   leaves: string[];
@@ -68,6 +68,32 @@ describe('batched hashing', () => {
     const out = Buffer.alloc(32 * count);
     hashRanges(buffer, ranges, count, 0, out);
     assert.ok(out.equals(expected));
+  });
+
+  it('hashing on the addon\'s thread gives the same digests, finishes jobs in order, and checks its arguments', async (t) => {
+    if (!hashRangesAsync) return t.skip('the native addon is not built');
+    const hashing = hashRangesAsync;
+    const jobs = Array.from({ length: 20 }, (_, j) => {
+      const buffer = Buffer.from(Array.from({ length: 40_000 }, (_, i) => (i * 7919 + j) % 256));
+      const count = 50;
+      const ranges = new Uint32Array(2 * count);
+      for (let i = 0; i < count; i++) [ranges[2 * i], ranges[2 * i + 1]] = [i * 700, i * 700 + (i * 13 + j) % 700];
+      const expected = Buffer.alloc(32 * count);
+      hashRangesPortable(buffer, ranges, count, 0, expected);
+      return { buffer, ranges, count, expected, out: Buffer.alloc(32 * count) };
+    });
+    const finished: number[] = [];
+    await Promise.all(jobs.map((job, j) => new Promise<void>((resolve) => hashing(job.buffer, job.ranges, job.count, 0, job.out, () => {
+      finished.push(j);
+      resolve();
+    }))));
+    assert.deepEqual(finished, jobs.map((_, j) => j));
+    for (const job of jobs) assert.ok(job.out.equals(job.expected));
+    assert.deepEqual(await leafHashesAsync(jobs[0]!.buffer, jobs[0]!.ranges, jobs[0]!.count), leafHashes(jobs[0]!.buffer, jobs[0]!.ranges, jobs[0]!.count));
+    const noop = (): void => undefined;
+    assert.throws(() => hashing(jobs[0]!.buffer, new Uint32Array([10, 40_001]), 1, 0, Buffer.alloc(32), noop), /outside the buffer/);
+    assert.throws(() => hashing(jobs[0]!.buffer, jobs[0]!.ranges, 2, 0, Buffer.alloc(32), noop), /too small/);
+    assert.throws(() => hashing(jobs[0]!.buffer, jobs[0]!.ranges, 1, 0, Buffer.alloc(32), undefined as unknown as () => void), /done must be a function/);
   });
 
   it('the native batch CRC-32 and zlib.crc32 give the same checksums', () => {

@@ -1,7 +1,7 @@
 import { hash } from 'node:crypto';
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { hashRanges } from './digest.ts';
+import { hashRanges, hashRangesAsync } from './digest.ts';
 import { componentLogger } from '../telemetry/index.ts';
 import { LedgerError } from './errors.ts';
 
@@ -38,6 +38,14 @@ export function leafHashes(buffer: Uint8Array, ranges: Uint32Array, count: numbe
   const out = Buffer.allocUnsafe(count * HASH_SIZE);
   hashRanges(buffer, ranges, count, LEAF_PREFIX, out);
   return out;
+}
+
+/** `leafHashes` on the hashing thread where the addon has one, so the caller's thread can go on meanwhile. */
+export function leafHashesAsync(buffer: Uint8Array, ranges: Uint32Array, count: number): Promise<Buffer> {
+  if (!hashRangesAsync) return Promise.resolve(leafHashes(buffer, ranges, count));
+  const out = Buffer.allocUnsafe(count * HASH_SIZE);
+  const hashing = hashRangesAsync;
+  return new Promise((resolve) => hashing(buffer, ranges, count, LEAF_PREFIX, out, () => resolve(out)));
 }
 
 /** The parents of `count` sibling pairs laid out as left ‖ right, 64 bytes each, in one batch. */

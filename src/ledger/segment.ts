@@ -1,6 +1,6 @@
 import { open } from 'node:fs/promises';
 import { crc32Ranges, stampRecords } from './digest.ts';
-import { leafHashes } from './merkle.ts';
+import { leafHashes, leafHashesAsync } from './merkle.ts';
 
 /**
  * Segment file format (one file per run of entries of one organization, named by its first entry index):
@@ -125,6 +125,16 @@ export class RecordBatch {
   leafHashes(): Buffer {
     this.leaves ??= leafHashes(this.buffer, this.ranges, this.records);
     return this.leaves;
+  }
+
+  /**
+   * `leafHashes` computed on the addon's hashing thread: the caller frames its next batch meanwhile. Nothing may
+   * be added to the batch until this settles.
+   */
+  async hashLeaves(): Promise<void> {
+    if (this.leaves) return;
+    const leaves = await leafHashesAsync(this.buffer, this.ranges, this.records);
+    this.leaves = leaves;
   }
 
   private reserve(bytes: number): void {
