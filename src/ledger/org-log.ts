@@ -275,6 +275,8 @@ export class OrgLog {
     ledgerMetrics.entries.inc(entries);
     segment.info.length += bytes;
     segment.info.entryCount += entries;
+    // Each batch was hashed while it was written (see RecordBatch.startHashing); the tree needs the hashes now.
+    for (const { batch } of pending) await batch.hashed();
     let index = firstIndex;
     for (const { batch, resolve } of pending) {
       const count = batch.count;

@@ -71,6 +71,7 @@ export class RecordBatch {
   private used = 0;
   private records = 0;
   private leaves: Buffer | undefined;
+  private hashing: Promise<void> | undefined;
   /** Start and end of each payload in `buffer`. */
   private ranges: Uint32Array;
 
@@ -102,6 +103,7 @@ export class RecordBatch {
       this.ranges = bigger;
     }
     this.leaves = undefined;
+    this.hashing = undefined;
     this.ranges[2 * this.records] = start;
     this.ranges[2 * this.records + 1] = start + length;
     this.records++;
@@ -116,6 +118,7 @@ export class RecordBatch {
     this.used = 0;
     this.records = 0;
     this.leaves = undefined;
+    this.hashing = undefined;
   }
 
   /**
@@ -128,13 +131,20 @@ export class RecordBatch {
   }
 
   /**
-   * `leafHashes` computed on the addon's hashing thread: the caller frames its next batch meanwhile. Nothing may
-   * be added to the batch until this settles.
+   * Starts `leafHashes` on the addon's hashing thread, so the batch is written and synced while it is hashed (the
+   * tree needs the hashes only once the batch is durable). Nothing may be added to the batch afterwards; stamping
+   * (`number`) writes only the record headers, which the hashing does not read.
    */
-  async hashLeaves(): Promise<void> {
-    if (this.leaves) return;
-    const leaves = await leafHashesAsync(this.buffer, this.ranges, this.records);
-    this.leaves = leaves;
+  startHashing(): Promise<void> {
+    this.hashing ??= leafHashesAsync(this.buffer, this.ranges, this.records).then((leaves) => {
+      this.leaves = leaves;
+    });
+    return this.hashing;
+  }
+
+  /** Settles once the leaf hashes are there (at once when `startHashing` was not called: they are computed on use). */
+  hashed(): Promise<void> {
+    return this.hashing ?? Promise.resolve();
   }
 
   private reserve(bytes: number): void {
