@@ -99,26 +99,36 @@ static int read_batch(napi_env env, napi_callback_info info, size_t arity, napi_
   return 1;
 }
 
+static void hash_batch(const Batch *batch, unsigned char prefix, uint8_t *out) {
+  Sha256Context context;
+  for (uint32_t i = 0; i < batch->count; i++) {
+    sha256_init(&context);
+    sha256_update(&context, &prefix, 1);
+    sha256_update(&context, batch->buffer + batch->ranges[2 * i], batch->ranges[2 * i + 1] - batch->ranges[2 * i]);
+    sha256_final(out + (size_t)i * DIGEST_BYTES, &context);
+  }
+}
+
 // hashRanges(buffer, ranges: Uint32Array [start0, end0, start1, end1, …], count, prefix: 0..255, out)
 // out[32·i …] = SHA-256(prefix ‖ buffer[start_i, end_i)) for i < count.
+// The arguments hashRanges and hashRangesAsync share: buffer, ranges, count, prefix, out (then, for the latter, done).
+static int read_hash_arguments(napi_env env, napi_callback_info info, size_t arity, napi_value *argv, Batch *batch, unsigned char *prefix, uint8_t **out) {
+  size_t out_length;
+  uint32_t prefix_value;
+  if (!read_batch(env, info, arity, argv, 0, batch)) return 0;
+  if (napi_get_value_uint32(env, argv[3], &prefix_value) != napi_ok || prefix_value > 255) { fail(env, "prefix must be a byte"); return 0; }
+  if (!bytes_of(env, argv[4], out, &out_length)) { fail(env, "out must be a Uint8Array"); return 0; }
+  if ((size_t)batch->count * DIGEST_BYTES > out_length) { fail(env, "out is too small for count digests"); return 0; }
+  *prefix = (unsigned char)prefix_value;
+  return 1;
+}
+
 static napi_value hash_ranges(napi_env env, napi_callback_info info) {
   napi_value argv[5];
   Batch batch;
+  unsigned char prefix;
   uint8_t *out;
-  size_t out_length;
-  uint32_t prefix;
-  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 0, &batch)) return NULL;
-  if (napi_get_value_uint32(env, argv[3], &prefix) != napi_ok || prefix > 255) return fail(env, "prefix must be a byte");
-  if (!bytes_of(env, argv[4], &out, &out_length)) return fail(env, "out must be a Uint8Array");
-  if ((size_t)batch.count * DIGEST_BYTES > out_length) return fail(env, "out is too small for count digests");
-  const unsigned char prefix_byte = (unsigned char)prefix;
-  Sha256Context context;
-  for (uint32_t i = 0; i < batch.count; i++) {
-    sha256_init(&context);
-    sha256_update(&context, &prefix_byte, 1);
-    sha256_update(&context, batch.buffer + batch.ranges[2 * i], batch.ranges[2 * i + 1] - batch.ranges[2 * i]);
-    sha256_final(out + (size_t)i * DIGEST_BYTES, &context);
-  }
+  if (read_hash_arguments(env, info, sizeof argv / sizeof *argv, argv, &batch, &prefix, &out)) hash_batch(&batch, prefix, out);
   return NULL;
 }
 
@@ -140,15 +150,6 @@ static pthread_cond_t jobs_waiting = PTHREAD_COND_INITIALIZER;
 static HashJob *jobs_head, *jobs_tail;
 static int hash_thread_started;
 
-static void hash_batch(const Batch *batch, unsigned char prefix, uint8_t *out) {
-  Sha256Context context;
-  for (uint32_t i = 0; i < batch->count; i++) {
-    sha256_init(&context);
-    sha256_update(&context, &prefix, 1);
-    sha256_update(&context, batch->buffer + batch->ranges[2 * i], batch->ranges[2 * i + 1] - batch->ranges[2 * i]);
-    sha256_final(out + (size_t)i * DIGEST_BYTES, &context);
-  }
-}
 
 static void *hash_thread(void *unused) {
   (void)unused;
@@ -195,13 +196,8 @@ static napi_value hash_ranges_async(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   HashJob *job = calloc(1, sizeof *job);
   if (job == NULL) return fail(env, "out of memory");
-  size_t out_length;
-  uint32_t prefix;
   napi_valuetype done_type;
-  if (!read_batch(env, info, sizeof argv / sizeof *argv, argv, 0, &job->batch)) return free(job), NULL;
-  if (napi_get_value_uint32(env, argv[3], &prefix) != napi_ok || prefix > 255) return free(job), fail(env, "prefix must be a byte");
-  if (!bytes_of(env, argv[4], &job->out, &out_length)) return free(job), fail(env, "out must be a Uint8Array");
-  if ((size_t)job->batch.count * DIGEST_BYTES > out_length) return free(job), fail(env, "out is too small for count digests");
+  if (!read_hash_arguments(env, info, sizeof argv / sizeof *argv, argv, &job->batch, &job->prefix, &job->out)) return free(job), NULL;
   if (napi_typeof(env, argv[5], &done_type) != napi_ok || done_type != napi_function) return free(job), fail(env, "done must be a function");
   HashEnv *state;
   if (napi_get_instance_data(env, (void **)&state) != napi_ok || state == NULL) {
@@ -216,7 +212,6 @@ static napi_value hash_ranges_async(napi_env env, napi_callback_info info) {
     napi_unref_threadsafe_function(env, state->finished);
     napi_set_instance_data(env, state, free_hash_env, NULL);
   }
-  job->prefix = (unsigned char)prefix;
   job->finished = state->finished;
   for (int i = 0; i < 4; i++) napi_create_reference(env, argv[i == 3 ? 5 : i == 2 ? 4 : i], 1, &job->keep[i]);
   if (state->outstanding++ == 0) napi_ref_threadsafe_function(env, state->finished);
