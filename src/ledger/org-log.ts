@@ -77,7 +77,12 @@ export async function readCheckpointHistory(path: string): Promise<{ notes: stri
  * only grows once the bytes are durable, so a failed write leaves nothing half-applied.
  */
 export class OrgLog {
-  readonly tree: MerkleTree;
+  private readonly merkle: MerkleTree;
+  /** Entries written and synced. The tree may lag behind by the last group commit (see `growTree`). */
+  private durableSize = 0;
+  /** Leaf hashes of durable groups not yet in the tree, in order. */
+  private readonly treeBacklog: { leaves: Buffer; count: number }[] = [];
+  private treeGrowthScheduled = false;
   readonly segments: SegmentInfo[] = [];
   private active: { info: SegmentInfo; file: FileHandle } | undefined;
   private pending: PendingAppend[] = [];
@@ -96,7 +101,40 @@ export class OrgLog {
   ) {
     // The stored tree levels go to files as they fill, so memory does not grow with the log; they are rebuilt from the
     // segments at every open.
-    this.tree = new MerkleTree({ spillDir: join(dir, TREE_DIR) });
+    this.merkle = new MerkleTree({ spillDir: join(dir, TREE_DIR) });
+  }
+
+  /** The Merkle tree of every durable entry; whoever reads it first brings it up to date. */
+  get tree(): MerkleTree {
+    this.growTree();
+    return this.merkle;
+  }
+
+  /**
+   * Adds the backlog of durable groups to the tree. A group commit leaves its leaves here and resolves its appends,
+   * and the next group commit grows the tree once its own write is on its way, so the tree's hashing overlaps that
+   * write instead of delaying it; any reader of the tree, or a later turn of the event loop, does it first.
+   */
+  private growTree(): void {
+    while (this.treeBacklog.length > 0) {
+      const { leaves, count } = this.treeBacklog[0] as { leaves: Buffer; count: number };
+      this.merkle.appendLeaves(leaves, count);
+      this.treeBacklog.shift();
+    }
+  }
+
+  private scheduleTreeGrowth(): void {
+    if (this.treeGrowthScheduled) return;
+    this.treeGrowthScheduled = true;
+    // Two turns: the callers just resolved append again in this one, and their group commit should start first.
+    setImmediate(() => setImmediate(() => {
+      this.treeGrowthScheduled = false;
+      try {
+        this.growTree();
+      } catch (err) {
+        this.options.logger.error({ org: this.org, err }, 'could not grow the Merkle tree');
+      }
+    }));
   }
 
   get origin(): string {
@@ -177,6 +215,7 @@ export class OrgLog {
         throw new LedgerError('ROOT_MISMATCH', `${org}: entries do not match the checkpoint at size ${lastCheckpoint.treeSize}; run custos verify`, { org });
       }
     }
+    log.durableSize = log.merkle.size;
     const last = log.segments.at(-1);
     if (last && last.firstIndex >= log.archiveState.archivedThrough) {
       log.active = { info: last, file: await open(last.path, 'r+') };
@@ -233,7 +272,7 @@ export class OrgLog {
     const pending = this.pending;
     this.pending = [];
     if (pending.length === 0) return;
-    const firstIndex = this.tree.size;
+    const firstIndex = this.durableSize;
     const buffers: Buffer[] = [];
     let entries = 0;
     let bytes = 0;
@@ -251,7 +290,14 @@ export class OrgLog {
         await segment.file.truncate(segment.info.length);
         this.needsTruncate = false;
       }
-      const { bytesWritten } = await segment.file.writev(buffers, segment.info.length);
+      const writing = segment.file.writev(buffers, segment.info.length);
+      try {
+        this.growTree();
+      } catch (err) {
+        // Not this write's failure: the backlog stays, and the next reader of the tree meets the error.
+        this.options.logger.error({ org: this.org, err }, 'could not grow the Merkle tree');
+      }
+      const { bytesWritten } = await writing;
       if (bytesWritten < bytes) {
         const rest = Buffer.concat(buffers).subarray(bytesWritten);
         for (let written = 0; written < rest.length;) {
@@ -275,16 +321,18 @@ export class OrgLog {
     ledgerMetrics.entries.inc(entries);
     segment.info.length += bytes;
     segment.info.entryCount += entries;
-    // Each batch was hashed while it was written (see RecordBatch.startHashing); the tree needs the hashes now.
+    this.durableSize = firstIndex + entries;
+    // Each batch was hashed while it was written (see RecordBatch.startHashing); the tree takes the hashes later.
     for (const { batch } of pending) await batch.hashed();
     let index = firstIndex;
     for (const { batch, resolve } of pending) {
       const count = batch.count;
-      this.tree.appendLeaves(batch.leafHashes(), count);
+      this.treeBacklog.push({ leaves: batch.leafHashes(), count });
       batch.recycle();
       resolve({ firstIndex: index, treeSize: firstIndex + entries });
       index += count;
     }
+    this.scheduleTreeGrowth();
   }
 
   /** The segment the next `bytes` go to: the active one, or a new one once the active one is full or sealed. */
@@ -293,7 +341,7 @@ export class OrgLog {
       await this.sealActive();
     }
     if (this.active) return this.active;
-    const firstIndex = this.tree.size;
+    const firstIndex = this.durableSize;
     const name = segmentFileName(firstIndex);
     const path = join(this.segmentsDir, name);
     const createdMs = Date.now();
