@@ -133,9 +133,9 @@ static napi_value hash_ranges(napi_env env, napi_callback_info info) {
 }
 
 // hashRangesAsync(buffer, ranges, count, prefix, out, done): hashRanges on a thread of its own, then done() on the
-// JavaScript thread. One thread for the process, jobs in arrival order: the ledger frames the next batch while the
-// previous one is hashed, so the two cores share an append. (libuv's pool would put the hashing behind, and
-// beside, the same pool's file writes and fsyncs.) The caller keeps every buffer alive and unchanged until done.
+// JavaScript thread. One thread for the process, jobs in arrival order: the ledger hashes a batch while the batch is
+// written and synced and while the JavaScript thread frames the next one. (libuv's pool would put the hashing behind,
+// and beside, the same pool's file writes and fsyncs.) The caller keeps every buffer alive and unchanged until done.
 typedef struct HashJob {
   struct HashJob *next;
   Batch batch;
@@ -149,7 +149,6 @@ static pthread_mutex_t jobs_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t jobs_waiting = PTHREAD_COND_INITIALIZER;
 static HashJob *jobs_head, *jobs_tail;
 static int hash_thread_started;
-
 
 static void *hash_thread(void *unused) {
   (void)unused;

@@ -122,8 +122,8 @@ export class RecordBatch {
   }
 
   /**
-   * The Merkle leaf hash of every record, in order, 32 bytes each, hashed in one batch when first asked for: the
-   * ledger asks before queueing the batch, so the hashing overlaps the fsync of the batches ahead of it.
+   * The Merkle leaf hash of every record, in order, 32 bytes each: those `startHashing` computed, or hashed here in
+   * one batch when first asked for.
    */
   leafHashes(): Buffer {
     this.leaves ??= leafHashes(this.buffer, this.ranges, this.records);
