@@ -663,18 +663,30 @@ static void relay_readable(Tunnel *t, int side) {
   if (settle(t)) update_interest(t);
 }
 
-static void relay_writable(Tunnel *t, int side) {
-  Pending *p = &t->pending[!side];
+/** Sends what `p` holds to `fd`, as far as the socket takes it: false on an error. `*sent` gets what went. */
+static bool send_pending(int fd, Pending *p, size_t *sent) {
+  *sent = 0;
   while (p->length) {
-    ssize_t n = send(t->fd[side], p->data + p->offset, p->length, MSG_NOSIGNAL);
+    ssize_t n = send(fd, p->data + p->offset, p->length, MSG_NOSIGNAL);
     if (n > 0) {
       p->offset += (size_t)n;
       p->length -= (size_t)n;
-      count(t, side, (size_t)n);
+      *sent += (size_t)n;
+    } else if (n < 0 && errno == EINTR) {
       continue;
+    } else {
+      return n < 0 && errno == EAGAIN;
     }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) break;
+  }
+  return true;
+}
+
+static void relay_writable(Tunnel *t, int side) {
+  Pending *p = &t->pending[!side];
+  size_t sent;
+  bool ok = send_pending(t->fd[side], p, &sent);
+  count(t, side, sent);
+  if (!ok) {
     tunnel_finish(t, side == SIDE_CLIENT ? CLOSE_CLIENT_RESET : CLOSE_DESTINATION_RESET);
     return;
   }
@@ -702,6 +714,13 @@ static void dial_failed(Tunnel *t, const char *code) {
   Event event = {.type = EV_DIAL_FAILED, .tunnel = t->id, .fd = -1};
   event.text[0] = copy_text((const uint8_t *)code, strlen(code));
   emit(&event);
+}
+
+/** The request head is answered: its buffer goes. */
+static void drop_head(Tunnel *t) {
+  free(t->head);
+  t->head = NULL;
+  t->head_length = t->head_capacity = t->head_used = 0;
 }
 
 static const char CONNECT_ESTABLISHED[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
@@ -735,9 +754,7 @@ static void dial_writable(Tunnel *t) {
     if (!forward(t, SIDE_UPSTREAM, (const uint8_t *)CONNECT_ESTABLISHED, sizeof CONNECT_ESTABLISHED - 1)) return;
     if (early && !forward(t, SIDE_CLIENT, t->head + t->head_used, early)) return;
   }
-  free(t->head);
-  t->head = NULL;
-  t->head_length = t->head_capacity = t->head_used = 0;
+  drop_head(t);
   update_interest(t);
 }
 
@@ -774,20 +791,14 @@ static void refusal_end(Tunnel *t) {
 /** Sends the refusal; once it is out, shuts the write half and waits for the client to close. */
 static void refusal_writable(Tunnel *t) {
   Pending *p = &t->pending[SIDE_UPSTREAM];
-  while (p->length) {
-    ssize_t n = send(t->fd[SIDE_CLIENT], p->data + p->offset, p->length, MSG_NOSIGNAL);
-    if (n > 0) {
-      p->offset += (size_t)n;
-      p->length -= (size_t)n;
-    } else if (n < 0 && errno == EINTR) {
-      continue;
-    } else if (n < 0 && errno == EAGAIN) {
-      set_interest(t, SIDE_CLIENT, EPOLLOUT);
-      return;
-    } else {
-      refusal_end(t);
-      return;
-    }
+  size_t sent;
+  if (!send_pending(t->fd[SIDE_CLIENT], p, &sent)) {
+    refusal_end(t);
+    return;
+  }
+  if (p->length) {
+    set_interest(t, SIDE_CLIENT, EPOLLOUT);
+    return;
   }
   shutdown(t->fd[SIDE_CLIENT], SHUT_WR);
   set_interest(t, SIDE_CLIENT, EPOLLIN);
@@ -808,9 +819,7 @@ static void start_refusal(Tunnel *t, Command *c) {
   if (t->state != ST_AWAIT) return;
   t->state = ST_REFUSING;
   t->deadline_ms = now_ms + 1000; // a client that does not close within a second is closed for it
-  free(t->head);
-  t->head = NULL;
-  t->head_length = t->head_capacity = t->head_used = 0;
+  drop_head(t);
   if (c->length) {
     t->pending[SIDE_UPSTREAM] = (Pending){c->bytes, 0, c->length};
     c->bytes = NULL;
