@@ -198,7 +198,7 @@ export class Ledger {
         throw new LedgerError('INVALID_ENTRY', `entry ${i}: ${(err as Error).message}`, { org, cause: err });
       }
     }
-    void batch.startHashing();
+    void batch.hashLeaves();
     const orgLog = await this.orgLog(org);
     if (batch.count === 0) return { firstIndex: orgLog.tree.size, treeSize: orgLog.tree.size };
     return orgLog.append(batch);

@@ -123,17 +123,22 @@ export class OrgLog {
     }
   }
 
+  /** `growTree` where its failure is not the caller's: the backlog stays, and the next reader of the tree meets it. */
+  private growTreeOrLog(): void {
+    try {
+      this.growTree();
+    } catch (err) {
+      this.options.logger.error({ org: this.org, err }, 'could not grow the Merkle tree');
+    }
+  }
+
   private scheduleTreeGrowth(): void {
     if (this.treeGrowthScheduled) return;
     this.treeGrowthScheduled = true;
     // Two turns: the callers just resolved append again in this one, and their group commit should start first.
     setImmediate(() => setImmediate(() => {
       this.treeGrowthScheduled = false;
-      try {
-        this.growTree();
-      } catch (err) {
-        this.options.logger.error({ org: this.org, err }, 'could not grow the Merkle tree');
-      }
+      this.growTreeOrLog();
     }));
   }
 
@@ -189,13 +194,13 @@ export class OrgLog {
       const name = names[i] as string;
       const path = join(log.segmentsDir, name);
       const isLast = i === names.length - 1;
-      const firstIndex = log.tree.size;
+      const firstIndex = log.merkle.size;
       const { scan, count, leaves } = await (scans[i] as Promise<ScannedLeaves>);
       schedule(i + ahead);
       if (segmentFirstIndex(name) !== firstIndex) {
         throw new LedgerError('SEQUENCE_GAP', `${org}/${name}: segment starts at entry ${segmentFirstIndex(name)} but the log so far holds ${firstIndex}; run custos verify`, { org, segment: name, entryIndex: firstIndex });
       }
-      log.tree.appendLeaves(Buffer.from(leaves.buffer, leaves.byteOffset, leaves.byteLength), count);
+      log.merkle.appendLeaves(Buffer.from(leaves.buffer, leaves.byteOffset, leaves.byteLength), count);
       if (scan.problem) {
         const checkpointed = lastCheckpoint?.treeSize ?? 0;
         // Only the shape a crash leaves (the file ends inside the last record) past every checkpoint is cut.
@@ -291,12 +296,7 @@ export class OrgLog {
         this.needsTruncate = false;
       }
       const writing = segment.file.writev(buffers, segment.info.length);
-      try {
-        this.growTree();
-      } catch (err) {
-        // Not this write's failure: the backlog stays, and the next reader of the tree meets the error.
-        this.options.logger.error({ org: this.org, err }, 'could not grow the Merkle tree');
-      }
+      this.growTreeOrLog();
       const { bytesWritten } = await writing;
       if (bytesWritten < bytes) {
         const rest = Buffer.concat(buffers).subarray(bytesWritten);
@@ -322,8 +322,8 @@ export class OrgLog {
     segment.info.length += bytes;
     segment.info.entryCount += entries;
     this.durableSize = firstIndex + entries;
-    // Each batch was hashed while it was written (see RecordBatch.startHashing); the tree takes the hashes later.
-    for (const { batch } of pending) await batch.hashed();
+    // Each batch was hashed while it was written (see RecordBatch.hashLeaves); the tree takes the hashes later.
+    for (const { batch } of pending) await batch.hashLeaves();
     let index = firstIndex;
     for (const { batch, resolve } of pending) {
       const count = batch.count;

@@ -122,7 +122,7 @@ export class RecordBatch {
   }
 
   /**
-   * The Merkle leaf hash of every record, in order, 32 bytes each: those `startHashing` computed, or hashed here in
+   * The Merkle leaf hash of every record, in order, 32 bytes each: those `hashLeaves` computed, or hashed here in
    * one batch when first asked for.
    */
   leafHashes(): Buffer {
@@ -131,20 +131,16 @@ export class RecordBatch {
   }
 
   /**
-   * Starts `leafHashes` on the addon's hashing thread, so the batch is written and synced while it is hashed (the
-   * tree needs the hashes only once the batch is durable). Nothing may be added to the batch afterwards; stamping
-   * (`number`) writes only the record headers, which the hashing does not read.
+   * `leafHashes` on the addon's hashing thread, started by the first call; settles once they are there. The ledger
+   * starts it before queueing the batch, so the batch is written and synced while it is hashed (the tree needs the
+   * hashes only once the batch is durable). Nothing may be added to the batch afterwards; stamping (`number`) writes
+   * only the record headers, which the hashing does not read.
    */
-  startHashing(): Promise<void> {
+  hashLeaves(): Promise<void> {
     this.hashing ??= leafHashesAsync(this.buffer, this.ranges, this.records).then((leaves) => {
       this.leaves = leaves;
     });
     return this.hashing;
-  }
-
-  /** Settles once the leaf hashes are there (at once when `startHashing` was not called: they are computed on use). */
-  hashed(): Promise<void> {
-    return this.hashing ?? Promise.resolve();
   }
 
   private reserve(bytes: number): void {
