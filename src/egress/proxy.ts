@@ -493,6 +493,7 @@ export class EgressProxy {
     const { attempt } = state;
     attempt.host = host;
     attempt.port = port;
+    // fastPathFor saw the source under its limit in this same turn, so admission cannot fail here.
     this.admit(attempt, source);
     this.decideThen(
       attempt,
