@@ -7,6 +7,12 @@
       "libraries": ["-ldl", "-lpthread"]
     },
     {
+      "target_name": "custos_pgrelay",
+      "sources": ["native/pgrelay.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "libraries": ["-lpthread"]
+    },
+    {
       "target_name": "custos_egress",
       "sources": ["native/egress.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],

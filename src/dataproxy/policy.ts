@@ -128,6 +128,13 @@ export class PolicySource {
     return this.fetch().then(() => this.cached!);
   }
 
+  /** How much longer the current policies hold before they are fetched again; -1 for policies from the config. */
+  freshForMs(): number {
+    if (this.fixed) return -1;
+    const c = this.cached;
+    return c ? Math.max(0, this.remote!.refreshSeconds * 1000 - (Date.now() - c.at)) : 0;
+  }
+
   /** Known policies without fetching (the catalog uses it to know which tables to describe). */
   known(): PolicyConfig[] {
     return this.cached?.policies ?? [];

@@ -16,6 +16,7 @@ import type { DataProxyConfig, PolicyConfig } from './config.ts';
 import { maskedRelationSql, type MaskingKeys } from './masking.ts';
 import { PolicySource, protectedTablesOf, resolvePolicies, type Principal, type Resolution, type TablePlan } from './policy.ts';
 import { UnknownRelationError, type RewriteContext } from './rewrite.ts';
+import { relayedSessions } from './relay.ts';
 import { Session } from './session.ts';
 import { parseStatements, type Node } from './sql.ts';
 import { EmbeddedUpstream, PostgresUpstream, type Upstream } from './upstream.ts';
@@ -193,6 +194,11 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
   const listen = splitHostPort(options.listen ?? config.listen);
   const sockets = new Set<Socket>();
   const server: Server = createServer({ noDelay: true }, (socket: Socket) => {
+    // Relayed sessions left Node's sockets (and the server's own count) but not the limit.
+    if (sockets.size + relayedSessions() >= config.limits.maxConnections) {
+      socket.destroy();
+      return;
+    }
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
     new Session(socket, ctx);

@@ -20,6 +20,7 @@ import { rewriteQuery, UnknownRelationError, type RewriteResult } from './rewrit
 import { fillTemplate, templateOf, type Template } from './literals.ts';
 import { ScramServerExchange, SCRAM_MECHANISM, createVerifier } from './scram.ts';
 import { FORWARDED_PARAMETERS, type UpstreamSession } from './upstream.ts';
+import * as relay from './relay.ts';
 import {
   authenticationOk, backendKeyData, BodyReader, cstring, errorResponse, int32, message, MessageReader, parseErrorFields, parseMessage,
   MAX_MESSAGE_BYTES, parseStartup, queryMessage, readParse, readyForQuery, type Message,
@@ -31,7 +32,7 @@ const NO_CATEGORIES: string[] = [];
 /** A verifier for users that do not exist, so their exchange fails like a wrong password does. */
 const UNKNOWN_USER_VERIFIER = createVerifier(randomBytes(16).toString('hex'), 4096);
 
-type Phase = 'startup' | 'sasl-initial' | 'sasl-final' | 'connecting' | 'ready' | 'closed';
+type Phase = 'startup' | 'sasl-initial' | 'sasl-final' | 'connecting' | 'ready' | 'relayed' | 'closed';
 /** What to do with one statement text; `sql` is what goes upstream (the statement's own text when unchanged). */
 type Outcome = { ok: true; result: RewriteResult; sql: string } | { ok: false; message: string; event: 'refused' | 'retrieval'; sqlstate?: string };
 type Parse = ReturnType<typeof readParse>;
@@ -50,7 +51,7 @@ function rewrittenParse(parse: Parse, sql: string, outcome: Outcome): Buffer {
   return bytes;
 }
 
-export class Session {
+export class Session implements relay.RelayedSession {
   readonly processId = randomInt(1, 2 ** 31 - 1);
   readonly secretKey = randomInt(1, 2 ** 31 - 1);
   private phase: Phase = 'startup';
@@ -70,6 +71,12 @@ export class Session {
   private readonly refusals = new Map<string, Buffer>();
   private upstreamPending: Buffer = Buffer.alloc(0);
   private startupParameters: Record<string, string> = {};
+  /** The native relay's id for this session, once it took the sockets (see relay.ts). */
+  private relayId = 0;
+  /** The relay's cached statements by its entry index: what a hit reports. */
+  private readonly relayEntries: { sql: string; outcome: Outcome }[] = [];
+  /** The decision last sent to the relay with a cache key, until the relay says where it keeps it. */
+  private lastCacheable: { sql: string; outcome: Outcome } | undefined;
   readonly sourceIp: string | null;
 
   constructor(
@@ -82,10 +89,13 @@ export class Session {
     this.attach(socket);
   }
 
+  private readonly onSocketData = (chunk: Buffer): void => this.onClientData(chunk);
+  private readonly onSocketGone = (): void => this.close();
+
   private attach(socket: Socket): void {
-    socket.on('data', (chunk: Buffer) => this.onClientData(chunk));
-    socket.on('error', () => this.close());
-    socket.on('close', () => this.close());
+    socket.on('data', this.onSocketData);
+    socket.on('error', this.onSocketGone);
+    socket.on('close', this.onSocketGone);
   }
 
   private onClientData(chunk: Buffer): void {
@@ -304,11 +314,126 @@ export class Session {
       return;
     }
     this.upstream = upstream;
+    this.ctx.sessions.set(this.processId, this);
+    const greeting = Buffer.concat([...upstream.greeting, backendKeyData(this.processId, this.secretKey), readyForQuery('I')]);
+    if (await this.handOver(upstream, greeting)) return;
     upstream.onData((chunk) => this.onUpstreamData(chunk));
     upstream.onClose(() => this.close());
-    this.ctx.sessions.set(this.processId, this);
-    this.socket.write(Buffer.concat([...upstream.greeting, backendKeyData(this.processId, this.secretKey), readyForQuery('I')]));
+    this.socket.write(greeting);
     this.phase = 'ready';
+  }
+
+  /**
+   * Gives both sockets to the native relay, which sends the client `greeting` and relays from then on; false when
+   * this session stays on Node sockets (no relay, TLS, an upstream without a socket).
+   */
+  private async handOver(upstream: UpstreamSession, greeting: Buffer): Promise<boolean> {
+    if (!relay.relayAvailable() || this.socket instanceof TLSSocket || !upstream.detach) return false;
+    // What Node still holds for the client (the end of the SASL exchange) goes out before the relay writes.
+    if (this.socket.writableLength > 0) await new Promise<void>((resolve) => this.socket.write(Buffer.alloc(0), () => resolve()));
+    if (this.phase === 'closed') return true;
+    const clientFd = relay.takeDescriptor(this.socket);
+    if (clientFd === undefined) return false;
+    const backend = upstream.detach();
+    if (!backend) {
+      this.socket.resume();
+      return false;
+    }
+    try {
+      this.relayId = relay.adopt(this, clientFd, backend.fd, this.reader.take(), Buffer.concat([greeting, backend.pending]));
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'the native relay could not take the session');
+      backend.release();
+      this.fatal('08006', 'the data proxy could not relay the session');
+      return true;
+    }
+    backend.release();
+    this.socket.off('data', this.onSocketData).off('error', this.onSocketGone).off('close', this.onSocketGone);
+    this.socket.on('error', () => undefined);
+    this.socket.destroy();
+    this.phase = 'relayed';
+    return true;
+  }
+
+  relayHit(entry: number, text: string | undefined): void {
+    const known = this.relayEntries[entry];
+    if (!known) throw new Error(`the relay reported entry ${entry}, which this session never cached`);
+    this.report(text ?? known.sql, known.outcome);
+  }
+
+  relayCached(entry: number): void {
+    if (!this.lastCacheable) throw new Error(`the relay cached entry ${entry} for no decision`);
+    this.relayEntries[entry] = this.lastCacheable;
+    this.lastCacheable = undefined;
+  }
+
+  relayClosed(): void {
+    this.relayId = 0;
+    this.close();
+  }
+
+  /** A relay's decision request: the same checks and events as the Node path, answered with what goes upstream. */
+  relayDecide(message: Buffer): void {
+    const id = this.relayId;
+    if (message[0] === 0x46 /* F */) {
+      if (this.resolution?.value.masked === false) {
+        relay.decided(id, {});
+        return;
+      }
+      this.pendingRefusal('the fast-path function call interface is not allowed through the data proxy');
+      relay.decided(id, this.relayRefusal(queryMessage(this.refusalMarker())));
+      return;
+    }
+    let parse: Parse | undefined;
+    let sql: string;
+    let outcome: Outcome | Promise<Outcome>;
+    try {
+      if (message[0] === 0x50 /* P */) parse = readParse(message.subarray(5));
+      sql = parse ? parse.sql : message.toString('utf8', 5, message.length - 1);
+      outcome = this.check(sql, parse ? Buffer.byteLength(sql) : message.length - 6);
+    } catch (err) {
+      this.fatal('08P01', (err as Error).message);
+      return;
+    }
+    const answer = (o: Outcome): void => {
+      if (this.phase !== 'relayed') return;
+      if (o.ok) relay.noteDecisionEpoch(`${this.statementsVersion}:${this.statementsGeneration}`);
+      const send = this.decide(parse, sql, o);
+      if (!o.ok) {
+        relay.decided(id, this.relayRefusal(send!));
+        return;
+      }
+      const cache = this.relayCacheEntry(parse, sql, o);
+      this.lastCacheable = cache ? { sql, outcome: cache.reported } : undefined;
+      relay.decided(id, {
+        send,
+        cache: cache && { key: cache.key, rewritten: cache.rewritten, deadlineInMs: this.ctx.policies.freshForMs() },
+      });
+    };
+    if (outcome instanceof Promise) outcome.then(answer).catch((err: Error) => this.fatal('XX000', err.message));
+    else answer(outcome);
+  }
+
+  /** The refusal just made (see `refusalMarker`): the relay replaces its marker's error itself. */
+  private relayRefusal(send: Buffer): relay.RelayDecision {
+    const [marker, error] = [...this.refusals].at(-1)!;
+    this.refusals.clear();
+    return { send, refusal: { marker, error } };
+  }
+
+  /**
+   * How the relay may keep a decision: by the Parse's text, or by the simple query's template (literals.ts) with
+   * the rewritten template, whose literals the relay puts back as `filled` does here. Undefined: not kept (a
+   * refusal, or a statement that took the full path because its template could not be used).
+   */
+  private relayCacheEntry(parse: Parse | undefined, sql: string, outcome: Outcome & { ok: true }): { key: string; rewritten: string | undefined; reported: Outcome } | undefined {
+    const template = parse ? undefined : templateOf(sql);
+    if (!template) return { key: sql, rewritten: outcome.sql === sql ? undefined : outcome.sql, reported: outcome };
+    const kept = this.statements.get(template.text);
+    if (!kept?.ok) return undefined;
+    if (!kept.result.changed) return outcome.sql === sql ? { key: template.text, rewritten: undefined, reported: kept } : undefined;
+    if (fillTemplate(kept.result.sql, template.literals) !== outcome.sql) return undefined;
+    return { key: template.text, rewritten: kept.result.sql, reported: kept };
   }
 
   private query(m: Message): Promise<void> | void {
@@ -370,6 +495,17 @@ export class Session {
    * upstream instead of the Query or Parse: undefined when its own bytes go as they are.
    */
   private decide(parse: Parse | undefined, sql: string, outcome: Outcome): Buffer | undefined {
+    this.report(sql, outcome);
+    if (outcome.ok) {
+      if (outcome.sql === sql) return undefined;
+      return parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql);
+    }
+    this.pendingRefusal(outcome.message, outcome.sqlstate);
+    return parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker());
+  }
+
+  /** The statement's events: its user.authentication, then its policy.resolution (or the failure event). */
+  private report(sql: string, outcome: Outcome): void {
     const who = this.principal!;
     const correlationId = this.queryCorrelationId(who);
     if (outcome.ok) {
@@ -378,13 +514,10 @@ export class Session {
       const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
       this.ctx.policyResolved(who, correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
         r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
-      if (outcome.sql === sql) return undefined;
-      return parse ? rewrittenParse(parse, outcome.sql, outcome) : queryMessage(outcome.sql);
+      return;
     }
     if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
     else this.ctx.emit(this.ctx.events.queryRefused(who, this.sourceIp, correlationId, { query: sql }, outcome.message), []);
-    this.pendingRefusal(outcome.message, outcome.sqlstate);
-    return parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker());
   }
 
   /**
@@ -533,14 +666,25 @@ export class Session {
 
   private fatal(code: string, text: string): void {
     if (this.phase === 'closed') return;
-    if (this.socket.writable) this.socket.write(errorResponse(code, text, 'FATAL'));
+    if (this.phase === 'relayed') {
+      if (this.relayId) relay.closeRelayed(this.relayId, errorResponse(code, text, 'FATAL'));
+      this.relayId = 0;
+    } else if (this.socket.writable) {
+      this.socket.write(errorResponse(code, text, 'FATAL'));
+    }
     this.close();
   }
 
   close(): void {
     if (this.phase === 'closed') return;
+    const relayed = this.phase === 'relayed';
     this.phase = 'closed';
     this.ctx.sessions.delete(this.processId);
+    if (relayed) {
+      // The relay owns both sockets; it says when they are closed (relayClosed).
+      if (this.relayId) relay.closeRelayed(this.relayId);
+      return;
+    }
     this.upstream?.close();
     this.socket.end();
   }

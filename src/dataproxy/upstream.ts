@@ -6,6 +6,7 @@ import { connect, type Socket } from 'node:net';
 import { createHash } from 'node:crypto';
 import type { PGlite } from '@electric-sql/pglite';
 import { DataProxyError } from './errors.ts';
+import { takeDescriptor } from './relay.ts';
 import { ScramClientExchange } from './scram.ts';
 import {
   BodyReader, cancelRequestPacket, cstring, int32, message, MessageReader, parameterStatus, parseErrorFields, startupPacket, type Message,
@@ -23,6 +24,12 @@ export interface UpstreamSession {
   onClose(handler: (err?: Error) => void): void;
   close(): void;
   cancel(): Promise<void>;
+  /**
+   * For the native relay: stops Node reading the backend's socket and returns its descriptor with the bytes read
+   * but not yet delivered; `release` then drops Node's handle without ending the connection. Undefined when the
+   * upstream has no socket (embedded).
+   */
+  detach?(): { fd: number; pending: Buffer; release(): void } | undefined;
 }
 
 export interface Upstream {
@@ -152,6 +159,20 @@ export class PostgresUpstream implements Upstream {
         socket.on('close', () => handler());
       },
       close: () => socket.end(),
+      detach: () => {
+        const fd = takeDescriptor(socket);
+        if (fd === undefined) return undefined;
+        return {
+          fd,
+          pending: Buffer.concat(early.splice(0)),
+          release: () => {
+            socket.removeAllListeners('close');
+            socket.removeAllListeners('error');
+            socket.on('error', () => undefined);
+            socket.destroy();
+          },
+        };
+      },
       cancel: async () => {
         if (!backendKey) return;
         const s: Socket = connect({ host, port });

@@ -55,6 +55,13 @@ export class MessageReader {
   get buffered(): number {
     return this.pending.length;
   }
+
+  /** Those bytes, which the reader then forgets (the native relay takes them with the socket). */
+  take(): Buffer {
+    const pending = this.pending;
+    this.pending = Buffer.alloc(0);
+    return pending;
+  }
 }
 
 export function message(type: string, body: Buffer = Buffer.alloc(0)): Buffer {

@@ -1,0 +1,175 @@
+/**
+ * The native relay (native/pgrelay.c): after a session's start-up and SCRAM exchange, both of its sockets move to
+ * one epoll thread that frames the protocol and forwards it, so a query costs no Node socket read or write. The
+ * relay forwards statements the session has decided before from its own cache, and reports each as a notice;
+ * anything new comes back here as a decision request. Sessions keep every decision and write every event
+ * (session.ts). Without the addon (not built, `CUSTOS_DATAPROXY_RELAY=node`, TLS, the embedded upstream) a session
+ * stays on Node sockets, with the same behaviour.
+ */
+import { createRequire } from 'node:module';
+import type { Socket } from 'node:net';
+import { componentLogger } from '../telemetry/index.ts';
+
+interface Addon {
+  start(onNotices: (batch: Buffer) => void): void;
+  hold(on: boolean): void;
+  adopt(id: number, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer): void;
+  decided(id: number, send: Buffer | null, marker: Buffer | null, error: Buffer | null, key: Buffer | null, rewritten: Buffer | null, deadlineInMs: number): void;
+  close(id: number, toClient: Buffer | null): void;
+  forget(): void;
+}
+
+/** What a relayed session answers to (the notices of native/pgrelay.c, in their order per session). */
+export interface RelayedSession {
+  /** A cached statement went upstream; `text` is the statement when it was cached by its template. */
+  relayHit(entry: number, text: string | undefined): void;
+  /** The relay asks about a Query, Parse or FunctionCall (the whole message); the answer is `decided`. */
+  relayDecide(message: Buffer): void;
+  /** The relay kept the session's last decision at `entry`. */
+  relayCached(entry: number): void;
+  relayClosed(reason: RelayCloseReason): void;
+}
+
+export const RELAY_CLOSE_REASONS = ['terminated', 'client closed', 'database closed', 'protocol error', 'aborted'] as const;
+export type RelayCloseReason = (typeof RELAY_CLOSE_REASONS)[number];
+
+const NOTICE_HIT = 1;
+const NOTICE_DECIDE = 2;
+const NOTICE_CLOSED = 3;
+const NOTICE_CACHED = 4;
+
+const log = componentLogger('dataproxy');
+
+function loadAddon(): Addon | undefined {
+  if (process.env['CUSTOS_DATAPROXY_RELAY'] === 'node' || process.platform !== 'linux') return undefined;
+  try {
+    return createRequire(import.meta.url)('../../build/Release/custos_pgrelay.node') as Addon;
+  } catch (err) {
+    log.info({ err: (err as Error).message }, 'native data proxy relay not built (npm install builds it); sessions relay through Node sockets');
+    return undefined;
+  }
+}
+
+const addon = loadAddon();
+const owners = new Map<number, RelayedSession>();
+let nextId = 1;
+let started = false;
+let held = false;
+let epoch = '';
+
+function updateHold(): void {
+  const want = owners.size > 0;
+  if (want !== held) addon!.hold((held = want));
+}
+
+function onNotices(batch: Buffer): void {
+  let at = 0;
+  while (at + 5 <= batch.length) {
+    const type = batch[at]!;
+    const id = batch.readUInt32LE(at + 1);
+    at += 5;
+    const owner = owners.get(id);
+    try {
+      switch (type) {
+        case NOTICE_HIT: {
+          const entry = batch.readUInt32LE(at);
+          const length = batch.readUInt32LE(at + 4);
+          at += 8;
+          const text = length > 0 ? batch.toString('utf8', at, at + length) : undefined;
+          at += length;
+          owner?.relayHit(entry, text);
+          break;
+        }
+        case NOTICE_DECIDE: {
+          const length = batch.readUInt32LE(at);
+          at += 4;
+          const message = batch.subarray(at, at + length);
+          at += length;
+          owner?.relayDecide(message);
+          break;
+        }
+        case NOTICE_CACHED: {
+          const entry = batch.readUInt32LE(at);
+          at += 4;
+          owner?.relayCached(entry);
+          break;
+        }
+        case NOTICE_CLOSED: {
+          const reason = RELAY_CLOSE_REASONS[batch[at]!] ?? 'aborted';
+          at += 1;
+          owners.delete(id);
+          updateHold();
+          owner?.relayClosed(reason);
+          break;
+        }
+        default:
+          log.error({ type, byte: at - 5 }, 'unknown relay notice type: the rest of the batch is dropped');
+          return;
+      }
+    } catch (err) {
+      // The rest of the batch belongs to other sessions: one session's failure ends that session only.
+      log.error({ err, relay: id }, 'relay notice failed');
+      if (owner && type !== NOTICE_CLOSED) addon!.close(id, null);
+    }
+  }
+}
+
+/** Whether sessions can be handed to the native relay in this process. */
+export function relayAvailable(): boolean {
+  return addon !== undefined;
+}
+
+/**
+ * Stops Node reading `socket` and returns its descriptor, which the relay duplicates; the caller then destroys the
+ * Node socket (a close, never a shutdown: the relay's duplicate keeps the connection).
+ */
+export function takeDescriptor(socket: Socket): number | undefined {
+  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?: () => number } })._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;
+  handle.readStop();
+  return handle.fd;
+}
+
+/** Hands a session's two sockets to the relay; returns the id its notices carry. Throws when the relay cannot. */
+export function adopt(owner: RelayedSession, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer): number {
+  if (!started) {
+    addon!.start(onNotices);
+    started = true;
+  }
+  const id = nextId;
+  nextId = nextId >= 0xffff_fffe ? 1 : nextId + 1;
+  addon!.adopt(id, clientFd, upstreamFd, clientBytes, toClient);
+  owners.set(id, owner);
+  updateHold();
+  return id;
+}
+
+/** Relayed sessions open now (they count against `limits.maxConnections` with the ones still on Node sockets). */
+export function relayedSessions(): number {
+  return owners.size;
+}
+
+export interface RelayDecision {
+  /** Bytes upstream instead of the message; undefined: the message itself. */
+  send?: Buffer;
+  /** A refusal: the marker the relay watches for in upstream's ErrorResponse, and the error that replaces it. */
+  refusal?: { marker: string; error: Buffer };
+  /** Kept for later: the statement's key as literals.ts or the Parse made it, and its rewritten text (undefined: unchanged). */
+  cache?: { key: string; rewritten: string | undefined; deadlineInMs: number };
+}
+
+export function decided(id: number, d: RelayDecision): void {
+  addon!.decided(id, d.send ?? null, d.refusal ? Buffer.from(d.refusal.marker) : null, d.refusal?.error ?? null,
+    d.cache ? Buffer.from(d.cache.key) : null, d.cache?.rewritten !== undefined ? Buffer.from(d.cache.rewritten) : null, d.cache?.deadlineInMs ?? -1);
+}
+
+export function closeRelayed(id: number, toClient?: Buffer): void {
+  addon!.close(id, toClient ?? null);
+}
+
+/** Every relayed session decides its statements again once the policies or the catalog (`key`) changed. */
+export function noteDecisionEpoch(key: string): void {
+  if (key === epoch) return;
+  if (epoch !== '') addon?.forget();
+  epoch = key;
+}
