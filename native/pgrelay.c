@@ -12,6 +12,11 @@
 // the entry is cached only when that equals the one made here, so a difference between the two scanners can cost a
 // cache miss but never a wrong rewrite.
 //
+// Audit lines: when events go to a file and not to the store, a hit's two NDJSON lines are written here too, from
+// templates JavaScript made for the entry and the session (audit.ts, LineTemplate): only the ids, the time, the
+// correlationId and the query are filled in. JavaScript's own lines for that file come through here as well
+// (appendLog), so one writer keeps a session's lines in order.
+//
 // Threads: the JS thread calls the exported functions, which queue commands (mutex + eventfd); the relay thread
 // owns every adopted socket and posts notices back through one thread-safe function call per batch.
 #define _GNU_SOURCE
@@ -20,6 +25,7 @@
 #include <fcntl.h>
 #include <node_api.h>
 #include <pthread.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -27,6 +33,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,7 +51,11 @@
 #define NOTICE_BACKLOG (16 * 1024 * 1024) // notices JS has not taken yet, beyond which clients are not read
 
 enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
-enum { NOTICE_HIT = 1, NOTICE_DECIDE = 2, NOTICE_CLOSED = 3, NOTICE_CACHED = 4 };
+#define LOG_FLUSH_BYTES (256 * 1024) // as audit.ts: lines are written every 50 ms or 256 KiB
+#define LOG_DELAY_MS 50
+#define MAX_TEMPLATE_SLOTS 32
+
+enum { NOTICE_HIT = 1, NOTICE_DECIDE = 2, NOTICE_CLOSED = 3, NOTICE_CACHED = 4, NOTICE_LOG_CLOSED = 5, NOTICE_LOG_FAILED = 6 };
 enum { CLOSE_TERMINATED = 0, CLOSE_CLIENT_GONE = 1, CLOSE_UPSTREAM_GONE = 2, CLOSE_PROTOCOL = 3, CLOSE_ABORTED = 4 };
 enum { KEY_PARSE = 'P', KEY_QUERY = 'Q', KEY_TEMPLATE = 'T' };
 
@@ -96,6 +107,8 @@ static void write_be32(uint8_t *p, uint32_t v) {
   p[2] = v >> 8;
   p[3] = v;
 }
+
+static int64_t now_ms; // the relay thread's clock, read once per epoll wake-up
 
 static int64_t monotonic_ms(void) {
   struct timespec ts;
@@ -211,6 +224,251 @@ static bool fill_template(Buf *out, const uint8_t *rewritten, size_t n, const ui
   return buf_append(out, rewritten + last, n - last);
 }
 
+// ---- audit lines ----
+
+enum { SLOT_ID = 0, SLOT_EVENT_TIME = 1, SLOT_CORRELATION_ID = 2, SLOT_QUERY = 3 };
+
+// An NDJSON line as the text between its varying values: text[i] precedes slot i, the last text ends the line.
+// Encoded by relay.ts as [u32 slots][u8 kind × slots][(u32 length, bytes) × (slots + 1)], little-endian.
+typedef struct {
+  uint8_t *bytes;
+  uint32_t slots;
+  uint8_t kinds[MAX_TEMPLATE_SLOTS];
+  uint32_t text_start[MAX_TEMPLATE_SLOTS + 1], text_length[MAX_TEMPLATE_SLOTS + 1];
+  bool has_query;
+} LineTemplate;
+
+// Takes `bytes` (freed on failure); NULL for NULL or a malformed encoding.
+static LineTemplate *template_parse(uint8_t *bytes, size_t length) {
+  if (!bytes) return NULL;
+  LineTemplate *t = calloc(1, sizeof *t);
+  uint32_t slots = 0;
+  if (t && length >= 4) memcpy(&slots, bytes, 4);
+  size_t at = 4 + (size_t)slots;
+  bool ok = t && length >= 4 && slots <= MAX_TEMPLATE_SLOTS && at <= length;
+  for (uint32_t i = 0; ok && i <= slots; i++) {
+    uint32_t n;
+    if (i < slots) {
+      t->kinds[i] = bytes[4 + i];
+      ok = t->kinds[i] <= SLOT_QUERY;
+      t->has_query = t->has_query || t->kinds[i] == SLOT_QUERY;
+    }
+    if (!ok || at + 4 > length) {
+      ok = false;
+      break;
+    }
+    memcpy(&n, bytes + at, 4);
+    at += 4;
+    if (n > length - at) {
+      ok = false;
+      break;
+    }
+    t->text_start[i] = (uint32_t)at;
+    t->text_length[i] = n;
+    at += n;
+  }
+  if (!ok || at != length) {
+    free(t);
+    free(bytes);
+    return NULL;
+  }
+  t->bytes = bytes;
+  t->slots = slots;
+  return t;
+}
+
+static void template_free(LineTemplate *t) {
+  if (!t) return;
+  free(t->bytes);
+  free(t);
+}
+
+static uint8_t random_pool[4096];
+static size_t random_used = sizeof random_pool;
+
+// A random (version 4) UUID, as crypto.randomUUID writes it.
+static bool uuid_v4(char out[36]) {
+  if (random_used + 16 > sizeof random_pool) {
+    for (size_t filled = 0; filled < sizeof random_pool;) {
+      ssize_t n = getrandom(random_pool + filled, sizeof random_pool - filled, 0);
+      if (n < 0 && errno != EINTR) return false;
+      if (n > 0) filled += (size_t)n;
+    }
+    random_used = 0;
+  }
+  uint8_t b[16];
+  memcpy(b, random_pool + random_used, 16);
+  memset(random_pool + random_used, 0, 16);
+  random_used += 16;
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  static const char hex[] = "0123456789abcdef";
+  for (int i = 0, o = 0; i < 16; i++) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+    out[o++] = hex[b[i] >> 4];
+    out[o++] = hex[b[i] & 15];
+  }
+  return true;
+}
+
+// ISO-8601 now with milliseconds, as Date.prototype.toISOString; formatted once per millisecond.
+static const char *event_time_now(void) {
+  static int64_t last_ms = -1;
+  static char text[64];
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  if (ms != last_ms) {
+    last_ms = ms;
+    time_t seconds = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&seconds, &tm);
+    snprintf(text, sizeof text, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+             tm.tm_sec, (int)(ms % 1000));
+  }
+  return text;
+}
+
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF): what decodes in JavaScript to
+// the same characters it encodes back to.
+static bool utf8_valid(const uint8_t *s, size_t n) {
+  for (size_t i = 0; i < n;) {
+    uint8_t c = s[i];
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t extra;
+    uint32_t min, cp;
+    if ((c & 0xe0) == 0xc0) extra = 1, min = 0x80, cp = c & 0x1f;
+    else if ((c & 0xf0) == 0xe0) extra = 2, min = 0x800, cp = c & 0x0f;
+    else if ((c & 0xf8) == 0xf0) extra = 3, min = 0x10000, cp = c & 0x07;
+    else return false;
+    if (n - i <= extra) return false;
+    for (size_t k = 1; k <= extra; k++) {
+      if ((s[i + k] & 0xc0) != 0x80) return false;
+      cp = cp << 6 | (s[i + k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+// A JSON string of well-formed UTF-8, escaped exactly as JSON.stringify escapes it.
+static bool json_string(Buf *out, const uint8_t *s, size_t n) {
+  if (!buf_reserve(out, n * 6 + 2)) return false;
+  uint8_t *o = out->data + out->end;
+  *o++ = '"';
+  for (size_t i = 0; i < n; i++) {
+    uint8_t c = s[i];
+    if (c == '"' || c == '\\') {
+      *o++ = '\\';
+      *o++ = c;
+    } else if (c < 0x20) {
+      static const char shorts[] = "btn\0fr";
+      *o++ = '\\';
+      if (c >= 0x08 && c <= 0x0d && c != 0x0b) {
+        *o++ = (uint8_t)shorts[c - 0x08];
+      } else {
+        static const char hex[] = "0123456789abcdef";
+        *o++ = 'u';
+        *o++ = '0';
+        *o++ = '0';
+        *o++ = (uint8_t)hex[c >> 4];
+        *o++ = (uint8_t)hex[c & 15];
+      }
+    } else {
+      *o++ = c;
+    }
+  }
+  *o++ = '"';
+  out->end = (size_t)(o - out->data);
+  return true;
+}
+
+// One line from its template. `values` by slot kind (the query as raw bytes, the rest ASCII without escapes).
+static bool template_fill(Buf *out, const LineTemplate *t, const char *values[3], const uint8_t *query, size_t query_length) {
+  for (uint32_t i = 0; i <= t->slots; i++) {
+    if (!buf_append(out, t->bytes + t->text_start[i], t->text_length[i])) return false;
+    if (i == t->slots) break;
+    if (t->kinds[i] == SLOT_QUERY) {
+      if (!json_string(out, query, query_length)) return false;
+      continue;
+    }
+    const char *v = values[t->kinds[i]];
+    size_t n = t->kinds[i] == SLOT_EVENT_TIME ? strlen(v) : 36;
+    if (!buf_append(out, "\"", 1) || !buf_append(out, v, n) || !buf_append(out, "\"", 1)) return false;
+  }
+  return true;
+}
+
+typedef struct Log {
+  uint32_t id;
+  int fd;
+  Buf buf;
+  int64_t since_ms;
+  uint32_t refs; // JavaScript's, until closeLog, and each relay's that writes to it
+  bool failed;
+  struct Log *next;
+} Log;
+
+static Log *logs;
+static uint64_t lines_written; // hit events written here, for the events counter (atomic)
+
+static Log *log_find(uint32_t id) {
+  for (Log *l = logs; l; l = l->next)
+    if (l->id == id) return l;
+  return NULL;
+}
+
+static void notice_header(uint8_t type, uint32_t relay);
+static void notice_u32(uint32_t value);
+
+static void log_flush(Log *l) {
+  Buf *b = &l->buf;
+  while (buf_length(b)) {
+    ssize_t n = write(l->fd, b->data + b->start, buf_length(b));
+    if (n > 0) {
+      buf_consume(b, (size_t)n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // A pipe (stdout) that is full: the audit trail is not dropped, its reader sets the pace.
+      struct pollfd p = {.fd = l->fd, .events = POLLOUT};
+      poll(&p, 1, 1000);
+      continue;
+    }
+    if (!l->failed) {
+      l->failed = true;
+      notice_header(NOTICE_LOG_FAILED, l->id);
+      notice_u32((uint32_t)errno);
+    }
+    b->start = b->end = 0;
+  }
+}
+
+static void log_unref(Log *l) {
+  if (!l || --l->refs) return;
+  log_flush(l);
+  for (Log **p = &logs; *p; p = &(*p)->next) {
+    if (*p == l) {
+      *p = l->next;
+      break;
+    }
+  }
+  notice_header(NOTICE_LOG_CLOSED, l->id);
+  buf_free(&l->buf);
+  free(l);
+}
+
+static void log_append(Log *l, const uint8_t *bytes, size_t length) {
+  if (!buf_length(&l->buf)) l->since_ms = now_ms;
+  buf_append(&l->buf, bytes, length);
+  if (buf_length(&l->buf) >= LOG_FLUSH_BYTES) log_flush(l);
+}
+
 // ---- sessions ----
 
 typedef struct {
@@ -221,6 +479,7 @@ typedef struct {
   uint8_t *rewritten; // NULL: the statement goes as it is
   size_t rewritten_length;
   int64_t deadline_ms; // 0: none
+  LineTemplate *line;  // its policy.resolution line (NULL: JavaScript writes its events from a notice)
 } Entry;
 
 typedef struct Relay Relay;
@@ -256,6 +515,8 @@ struct Relay {
   uint32_t cache_epoch;
   Refusal *refusals;
   uint32_t refusal_count;
+  Log *log;                // where hits' lines go (NULL: JavaScript writes every event)
+  LineTemplate *auth_line; // the session's user.authentication line
   Relay *next;
 };
 
@@ -266,7 +527,6 @@ static napi_threadsafe_function deliver;
 static Relay *relays;       // live sessions
 static Relay *dead_relays;  // freed after the epoll batch that may still name them
 static uint32_t cache_epoch; // bumped by forget(): every session's cache is cleared before its next lookup
-static int64_t now_ms;
 
 // Notices: records in one byte buffer, [type u8][relay u32][...], little-endian as this host; read by relay.ts.
 static Buf notices;          // relay thread only
@@ -320,6 +580,7 @@ static void clear_cache(Relay *r) {
   for (uint32_t i = 0; i < r->entry_count; i++) {
     free(r->entries[i].key);
     free(r->entries[i].rewritten);
+    template_free(r->entries[i].line);
   }
   r->entry_count = 0;
   memset(r->buckets, 0, sizeof r->buckets);
@@ -357,6 +618,8 @@ static void relay_close(Relay *r, int reason) {
   }
   r->next = dead_relays;
   dead_relays = r;
+  log_unref(r->log);
+  r->log = NULL;
   notice_header(NOTICE_CLOSED, r->id);
   uint8_t why = (uint8_t)reason;
   buf_append(&notices, &why, 1);
@@ -373,6 +636,7 @@ static void bury_dead(void) {
     buf_free(&r->pending_key);
     clear_cache(r);
     clear_refusals(r);
+    template_free(r->auth_line);
     free(r);
   }
 }
@@ -420,7 +684,7 @@ static Entry *cache_find(Relay *r, uint8_t kind, const uint8_t *key, size_t leng
 
 // A hit past its deadline is asked about again; the fresh answer replaces it under the same key. Returns the
 // entry's index, or -1 when it could not be kept.
-static int cache_put(Relay *r, uint8_t kind, const uint8_t *key, size_t length, const uint8_t *rewritten, size_t rewritten_length, bool unchanged, int64_t deadline_ms) {
+static int cache_put(Relay *r, uint8_t kind, const uint8_t *key, size_t length, const uint8_t *rewritten, size_t rewritten_length, bool unchanged, int64_t deadline_ms, LineTemplate *line) {
   uint64_t h = hash_bytes(kind, key, length);
   uint32_t b = h % CACHE_BUCKETS;
   for (uint32_t probes = 0; probes < CACHE_BUCKETS && r->buckets[b]; b = (b + 1) % CACHE_BUCKETS, probes++) {
@@ -431,6 +695,7 @@ static int cache_put(Relay *r, uint8_t kind, const uint8_t *key, size_t length, 
   if (r->buckets[b]) {
     e = &r->entries[r->buckets[b] - 1];
     free(e->rewritten);
+    template_free(e->line);
   } else {
     if (r->entry_count == CACHE_ENTRIES) {
       clear_cache(r);
@@ -452,6 +717,7 @@ static int cache_put(Relay *r, uint8_t kind, const uint8_t *key, size_t length, 
     e->rewritten_length = rewritten_length;
   }
   e->deadline_ms = deadline_ms;
+  e->line = line;
   // Out of memory: no entry is better than one that forwards a statement unchanged.
   if (!e->key || (!unchanged && !e->rewritten)) {
     e->hash = ~h;
@@ -490,11 +756,31 @@ static void request_decision(Relay *r, const uint8_t *message, size_t length, ui
   notices_urgent = true;
 }
 
-static void notice_hit(Relay *r, uint32_t entry, const uint8_t *text, size_t text_length) {
+static Buf scratch_lines;
+
+// The two events of a cached statement: written here when the session and the entry have line templates, else
+// reported to JavaScript (`text`: the statement, when the entry is a template).
+static void report_hit(Relay *r, uint32_t entry, const uint8_t *query, size_t query_length, bool templated) {
+  Entry *e = &r->entries[entry];
+  if (r->log && r->auth_line && e->line && (!e->line->has_query || utf8_valid(query, query_length))) {
+    char correlation_id[36], authentication_id[36], resolution_id[36];
+    if (uuid_v4(correlation_id) && uuid_v4(authentication_id) && uuid_v4(resolution_id)) {
+      scratch_lines.start = scratch_lines.end = 0;
+      const char *authentication[3] = {authentication_id, event_time_now(), correlation_id};
+      bool filled = template_fill(&scratch_lines, r->auth_line, authentication, NULL, 0);
+      const char *resolution[3] = {resolution_id, event_time_now(), correlation_id};
+      filled = filled && template_fill(&scratch_lines, e->line, resolution, query, query_length);
+      if (filled) {
+        log_append(r->log, scratch_lines.data, buf_length(&scratch_lines));
+        __atomic_add_fetch(&lines_written, 1, __ATOMIC_RELAXED);
+        return;
+      }
+    }
+  }
   notice_header(NOTICE_HIT, r->id);
   notice_u32(entry);
-  notice_u32((uint32_t)text_length);
-  if (text_length) buf_append(&notices, text, text_length);
+  notice_u32(templated ? (uint32_t)query_length : 0);
+  if (templated) buf_append(&notices, query, query_length);
 }
 
 // One whole Query, Parse or FunctionCall message: forwarded from the cache, or asked about. False: asked (the
@@ -537,7 +823,7 @@ static bool client_statement(Relay *r, const uint8_t *m, size_t total) {
       size_t lengths[] = {buf_length(&scratch_message), 1};
       append_message(out, 'Q', parts, lengths, 2);
     }
-    notice_hit(r, index, templated ? body : NULL, templated ? sql_length : 0);
+    report_hit(r, index, body, sql_length, templated);
     return true;
   }
   // Parse: name, query, parameter types. The key is everything after the name.
@@ -561,7 +847,7 @@ static bool client_statement(Relay *r, const uint8_t *m, size_t total) {
     size_t lengths[] = {(size_t)(sql - body), e->rewritten_length, body_length - (size_t)(sql_end - body)};
     append_message(out, 'P', parts, lengths, 3);
   }
-  notice_hit(r, (uint32_t)(e - r->entries), NULL, 0);
+  report_hit(r, (uint32_t)(e - r->entries), sql, (size_t)(sql_end - sql), false);
   return true;
 }
 
@@ -705,14 +991,17 @@ static void readable(Relay *r, int side) {
 
 // ---- commands (JS → relay thread) ----
 
-enum { CMD_ADOPT, CMD_DECIDED, CMD_CLOSE };
+enum { CMD_ADOPT, CMD_DECIDED, CMD_CLOSE, CMD_LOG_OPEN, CMD_LOG_APPEND, CMD_LOG_CLOSE };
 
 typedef struct {
   int type;
-  uint32_t relay;
+  uint32_t relay; // LOG_*: the log's id
+  uint32_t log;   // ADOPT: the log its hits' lines go to (0: none)
   int fd[2];
-  uint8_t *bytes[5]; // ADOPT: client bytes already read, bytes for the client; DECIDED: send, marker, error, key, rewritten
-  size_t lengths[5];
+  // ADOPT: client bytes already read, bytes for the client, the user.authentication line template;
+  // DECIDED: send, marker, error, key, rewritten, the policy.resolution line template; LOG_APPEND: lines
+  uint8_t *bytes[6];
+  size_t lengths[6];
   bool unchanged;    // DECIDED: the statement goes as it is (no rewritten text)
   bool cache;
   int64_t deadline_in_ms; // DECIDED: < 0 none
@@ -727,7 +1016,7 @@ static Commands commands;
 static bool wake_pending;
 
 static void command_free(Command *c) {
-  for (int i = 0; i < 5; i++) free(c->bytes[i]);
+  for (int i = 0; i < 6; i++) free(c->bytes[i]);
 }
 
 static void adopt(Command *c) {
@@ -746,6 +1035,10 @@ static void adopt(Command *c) {
   }
   r->next = relays;
   relays = r;
+  r->log = c->log ? log_find(c->log) : NULL;
+  if (r->log) r->log->refs++;
+  r->auth_line = template_parse(c->bytes[2], c->lengths[2]);
+  c->bytes[2] = NULL;
   buf_append(&r->in[SIDE_CLIENT], c->bytes[0], c->lengths[0]);
   buf_append(&r->out[SIDE_CLIENT], c->bytes[1], c->lengths[1]);
   client_input(r);
@@ -784,7 +1077,9 @@ static void decided(Command *c) {
     bool same = r->pending_kind == KEY_PARSE
       ? c->lengths[3] < key_length && memcmp(key, c->bytes[3], c->lengths[3]) == 0 && key[c->lengths[3]] == 0
       : c->lengths[3] == key_length && memcmp(key, c->bytes[3], key_length) == 0;
-    int entry = same ? cache_put(r, r->pending_kind, key, key_length, c->bytes[4], c->lengths[4], c->unchanged, c->deadline_in_ms < 0 ? 0 : now_ms + c->deadline_in_ms) : -1;
+    LineTemplate *line = same ? template_parse(c->bytes[5], c->lengths[5]) : NULL;
+    if (same) c->bytes[5] = NULL;
+    int entry = same ? cache_put(r, r->pending_kind, key, key_length, c->bytes[4], c->lengths[4], c->unchanged, c->deadline_in_ms < 0 ? 0 : now_ms + c->deadline_in_ms, line) : -1;
     // JavaScript learns the index its decision is kept at: later hits name it.
     if (entry >= 0) {
       notice_header(NOTICE_CACHED, r->id);
@@ -819,6 +1114,30 @@ static void run_command(Command *c) {
       }
       break;
     }
+    case CMD_LOG_OPEN: {
+      Log *l = calloc(1, sizeof *l);
+      if (!l) {
+        notice_header(NOTICE_LOG_FAILED, c->relay);
+        notice_u32(ENOMEM);
+        break;
+      }
+      *l = (Log){.id = c->relay, .fd = c->fd[0], .refs = 1, .next = logs};
+      logs = l;
+      break;
+    }
+    case CMD_LOG_APPEND: {
+      Log *l = log_find(c->relay);
+      if (l) log_append(l, c->bytes[0], c->lengths[0]);
+      break;
+    }
+    case CMD_LOG_CLOSE: {
+      Log *l = log_find(c->relay);
+      if (l) {
+        log_flush(l);
+        log_unref(l);
+      }
+      break;
+    }
   }
   command_free(c);
 }
@@ -831,7 +1150,9 @@ static void *relay_main(void *unused) {
   struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &wake};
   epoll_ctl(relay_epoll, EPOLL_CTL_ADD, relay_wake, &ev);
   for (;;) {
-    int n = epoll_wait(relay_epoll, ready, 256, buf_length(&notices) ? NOTICE_DELAY_MS : -1);
+    bool logging = false;
+    for (Log *l = logs; l && !logging; l = l->next) logging = buf_length(&l->buf) > 0;
+    int n = epoll_wait(relay_epoll, ready, 256, buf_length(&notices) ? NOTICE_DELAY_MS : logging ? LOG_DELAY_MS : -1);
     now_ms = monotonic_ms();
     for (int i = 0; i < n; i++) {
       Endpoint *e = ready[i].data.ptr;
@@ -868,6 +1189,8 @@ static void *relay_main(void *unused) {
       next = r->next;
       if (r->eof[SIDE_CLIENT] && r->eof[SIDE_UPSTREAM]) relay_close(r, CLOSE_ABORTED);
     }
+    for (Log *l = logs; l; l = l->next)
+      if (buf_length(&l->buf) && now_ms - l->since_ms >= LOG_DELAY_MS) log_flush(l);
     flush_notices();
     bury_dead();
   }
@@ -1008,13 +1331,14 @@ static napi_value hold(napi_env env, napi_callback_info info) {
 }
 
 /**
- * adopt(id, clientFd, upstreamFd, clientBytes, toClient): the relay takes duplicates of both sockets (the caller
- * closes its own), the client bytes JavaScript has read but not handled, and bytes to send the client first.
+ * adopt(id, clientFd, upstreamFd, clientBytes, toClient, log, authenticationLine): the relay takes duplicates of
+ * both sockets (the caller closes its own), the client bytes JavaScript has read but not handled, and bytes to send
+ * the client first; hits' lines go to `log` (0: none) with `authenticationLine` as the session's template.
  */
 static napi_value adopt_sockets(napi_env env, napi_callback_info info) {
-  ARGS(5);
+  ARGS(7);
   if (!started) return throw_error(env, "ERR_NOT_STARTED", "the data proxy relay is not started");
-  Command c = {.type = CMD_ADOPT, .relay = (uint32_t)arg_number(env, argv[0])};
+  Command c = {.type = CMD_ADOPT, .relay = (uint32_t)arg_number(env, argv[0]), .log = (uint32_t)arg_number(env, argv[5])};
   for (int side = 0; side < 2; side++) {
     int fd = (int)arg_number(env, argv[1 + side]);
     c.fd[side] = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
@@ -1025,7 +1349,8 @@ static napi_value adopt_sockets(napi_env env, napi_callback_info info) {
     int flags = fcntl(c.fd[side], F_GETFL);
     fcntl(c.fd[side], F_SETFL, flags | O_NONBLOCK);
   }
-  if (!arg_bytes(env, argv[3], &c.bytes[0], &c.lengths[0]) || !arg_bytes(env, argv[4], &c.bytes[1], &c.lengths[1])) {
+  if (!arg_bytes(env, argv[3], &c.bytes[0], &c.lengths[0]) || !arg_bytes(env, argv[4], &c.bytes[1], &c.lengths[1]) ||
+      !arg_bytes(env, argv[6], &c.bytes[2], &c.lengths[2])) {
     close(c.fd[0]);
     close(c.fd[1]);
     command_free(&c);
@@ -1040,13 +1365,13 @@ static napi_value adopt_sockets(napi_env env, napi_callback_info info) {
  * upstream instead of the message (null: the message itself); `marker`/`error`: the refusal marker and the
  * ErrorResponse that replaces upstream's error for it; `key` (null: not cached) is the statement's cache key as
  * JavaScript made it, `rewritten` the text to send instead (null: unchanged), `deadlineInMs` how long the entry
- * holds (< 0: until forget()).
+ * holds (< 0: until forget()), `line` its policy.resolution line template (null: hits are notices).
  */
 static napi_value decide(napi_env env, napi_callback_info info) {
-  ARGS(7);
+  ARGS(8);
   Command c = {.type = CMD_DECIDED, .relay = (uint32_t)arg_number(env, argv[0]), .deadline_in_ms = (int64_t)arg_number(env, argv[6])};
-  for (int i = 0; i < 5; i++) {
-    if (!arg_bytes(env, argv[1 + i], &c.bytes[i], &c.lengths[i])) {
+  for (int i = 0; i < 6; i++) {
+    if (!arg_bytes(env, argv[i < 5 ? 1 + i : 7], &c.bytes[i], &c.lengths[i])) {
       command_free(&c);
       return throw_error(env, "ERR_INVALID_ARG", "decided: send, marker, error, key and rewritten must be Buffers or null");
     }
@@ -1077,6 +1402,40 @@ static napi_value forget(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/** openLog(id, fd): lines for `id` go to `fd` (which the caller closes after the LOG_CLOSED notice). */
+static napi_value open_log(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  if (!started) return throw_error(env, "ERR_NOT_STARTED", "the data proxy relay is not started");
+  Command c = {.type = CMD_LOG_OPEN, .relay = (uint32_t)arg_number(env, argv[0]), .fd = {(int)arg_number(env, argv[1]), -1}};
+  send_command(&c);
+  return NULL;
+}
+
+/** appendLog(id, lines): whole lines, after everything queued for the log before them. */
+static napi_value append_log(napi_env env, napi_callback_info info) {
+  ARGS(2);
+  Command c = {.type = CMD_LOG_APPEND, .relay = (uint32_t)arg_number(env, argv[0])};
+  if (!arg_bytes(env, argv[1], &c.bytes[0], &c.lengths[0])) return throw_error(env, "ERR_INVALID_ARG", "lines must be a Buffer");
+  send_command(&c);
+  return NULL;
+}
+
+/** closeLog(id): writes what is queued; LOG_CLOSED follows once no session writes to it. */
+static napi_value close_log(napi_env env, napi_callback_info info) {
+  ARGS(1);
+  Command c = {.type = CMD_LOG_CLOSE, .relay = (uint32_t)arg_number(env, argv[0])};
+  send_command(&c);
+  return NULL;
+}
+
+/** linesWritten(): cached statements whose two events the relay wrote itself. */
+static napi_value lines_written_count(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  napi_create_double(env, (double)__atomic_load_n(&lines_written, __ATOMIC_RELAXED), &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor properties[] = {
       {"start", NULL, start, NULL, NULL, NULL, napi_default, NULL},
@@ -1085,6 +1444,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"decided", NULL, decide, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, close_relay, NULL, NULL, NULL, napi_default, NULL},
       {"forget", NULL, forget, NULL, NULL, NULL, napi_default, NULL},
+      {"openLog", NULL, open_log, NULL, NULL, NULL, napi_default, NULL},
+      {"appendLog", NULL, append_log, NULL, NULL, NULL, napi_default, NULL},
+      {"closeLog", NULL, close_log, NULL, NULL, NULL, napi_default, NULL},
+      {"linesWritten", NULL, lines_written_count, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof properties / sizeof *properties, properties);
   return exports;

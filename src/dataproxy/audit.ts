@@ -6,13 +6,14 @@
  * followed here are written beside each builder. Events are written as NDJSON and/or as LogEntries to the store.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { createWriteStream, type WriteStream } from 'node:fs';
+import { closeSync, createWriteStream, openSync, type WriteStream } from 'node:fs';
 import { logName, LOG_IDS, type AuditField, type AuditTransformation, type DataProxyAuditEvent, type LogEntryInput, type Severity, type SingleFieldTransformation } from '../model/index.ts';
 import type { BatchingSink } from '../ingest/sink.ts';
 import type { DataProxyConfig, FieldConfig, SingleFieldTransformationConfig } from './config.ts';
 import type { PolicyConfig } from './config.ts';
 import type { Principal, TablePlan } from './policy.ts';
 import { parseExpression, type Node } from './sql.ts';
+import * as relay from './relay.ts';
 
 export interface QueryAudit {
   /** The request as the seed reports it: `{query}` or `{metadata}`. */
@@ -318,26 +319,39 @@ const SEVERITY: Record<Header['severity'], Severity> = { NORMAL: 'INFO', WARNING
 /**
  * Where events go: an NDJSON file (or stdout) and/or the store through a batching sink. File lines are gathered
  * and written every 50 ms or 256 KiB: one write per query would cost more than forwarding the query.
+ *
+ * With the native relay and no store, the file is written by the relay's thread (`nativeLog`): relayed sessions'
+ * cached statements have their lines filled in there from this file's templates, and the lines made here are
+ * handed to it, so that one writer keeps each session's lines in order.
  */
 export class AuditLog {
   private readonly file: WriteStream | NodeJS.WriteStream | undefined;
+  /** The relay's id for the file (0: written here), and the descriptor it writes to. */
+  readonly nativeLog: number = 0;
+  private readonly nativeFd: number = -1;
   /** Lines not yet written, as UTF-8 in `chunk[0, used)`; a written chunk belongs to the stream, so a fresh one follows. */
   private chunk = Buffer.allocUnsafe(CHUNK_BYTES);
   private used = 0;
   private timer: NodeJS.Timeout | undefined;
   constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string }) {
-    if (options.logFile === '-') this.file = process.stdout;
-    else if (options.logFile) this.file = createWriteStream(options.logFile, { flags: 'a' });
+    if (options.logFile && !options.sink && relay.relayAvailable()) {
+      this.nativeFd = options.logFile === '-' ? 1 : openSync(options.logFile, 'a');
+      this.nativeLog = relay.openLog(this.nativeFd, options.logFile);
+    } else if (options.logFile === '-') {
+      this.file = process.stdout;
+    } else if (options.logFile) {
+      this.file = createWriteStream(options.logFile, { flags: 'a' });
+    }
   }
 
   emit(event: DataProxyAuditEvent, categories: string[]): void {
-    if (this.file) this.line(JSON.stringify(event) + '\n');
+    if (this.writesLines) this.line(JSON.stringify(event) + '\n');
     if (this.options.sink) this.entry(event, categories);
   }
 
   /** Whether events go to a file (as lines) and to the store (as LogEntries): a producer builds only what is used. */
   get writesLines(): boolean {
-    return this.file !== undefined;
+    return this.file !== undefined || this.nativeLog !== 0;
   }
   get writesEntries(): boolean {
     return this.options.sink !== undefined;
@@ -385,18 +399,28 @@ export class AuditLog {
     this.options.sink?.add(toLogEntry(event, categories, this.options.project));
   }
 
-  private flushFile(): void {
+  /** Hands the gathered lines on now (a relayed session's lines must precede what the relay writes for it next). */
+  flushFile(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.used === 0 || !this.file) return;
-    this.file.write(this.chunk.subarray(0, this.used));
-    this.chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+    if (this.used === 0) return;
+    if (this.nativeLog) {
+      // The relay copies the bytes: the chunk is reused.
+      relay.appendLog(this.nativeLog, this.chunk.subarray(0, this.used));
+    } else if (this.file) {
+      this.file.write(this.chunk.subarray(0, this.used));
+      this.chunk = Buffer.allocUnsafe(CHUNK_BYTES);
+    }
     this.used = 0;
   }
 
   async close(): Promise<void> {
     this.flushFile();
     await this.options.sink?.flush();
+    if (this.nativeLog) {
+      await relay.closeLog(this.nativeLog);
+      if (this.nativeFd !== 1) closeSync(this.nativeFd);
+    }
     const file = this.file;
     if (file && file !== process.stdout) await new Promise<void>((resolve) => (file as WriteStream).end(resolve));
   }

@@ -10,13 +10,13 @@ import { Counter } from 'prom-client';
 import type { DataProxyAuditEvent } from '../model/index.ts';
 import { componentLogger, registry, splitHostPort } from '../telemetry/index.ts';
 import type { BatchingSink } from '../ingest/sink.ts';
-import { AuditEvents, AuditLog, newStamp, type QueryAudit } from './audit.ts';
+import { AuditEvents, AuditLog, newStamp, type LineTemplate, type QueryAudit } from './audit.ts';
 import { Catalog, type SqlRunner } from './catalog.ts';
 import type { DataProxyConfig, PolicyConfig } from './config.ts';
 import { maskedRelationSql, type MaskingKeys } from './masking.ts';
 import { PolicySource, protectedTablesOf, resolvePolicies, type Principal, type Resolution, type TablePlan } from './policy.ts';
 import { UnknownRelationError, type RewriteContext } from './rewrite.ts';
-import { relayedSessions } from './relay.ts';
+import { linesWritten, relayedSessions } from './relay.ts';
 import { Session } from './session.ts';
 import { parseStatements, type Node } from './sql.ts';
 import { EmbeddedUpstream, PostgresUpstream, type Upstream } from './upstream.ts';
@@ -40,6 +40,7 @@ function countFor(action: string, outcome: string): EventCount {
 }
 const resolvedCount = countFor('policy.resolution', 'SUCCESS');
 const authenticatedCount = countFor('user.authentication', 'SUCCESS');
+let relayedLinesCounted = 0;
 /** A query's authentication is a check, not a login: the login's own event carries `userLogin`. */
 const QUERY_AUTHENTICATION_CATEGORIES = ['authenticationCheck'];
 
@@ -49,6 +50,11 @@ new Counter({
   labelNames: ['action', 'outcome'] as const,
   registers: [registry],
   collect() {
+    // Each line pair the relay wrote is a query's user.authentication and policy.resolution.
+    const relayed = linesWritten();
+    resolvedCount.count += relayed - relayedLinesCounted;
+    authenticatedCount.count += relayed - relayedLinesCounted;
+    relayedLinesCounted = relayed;
     for (const c of eventCounts.values()) {
       if (c.count === c.reported) continue;
       this.labels(c.action, c.outcome).inc(c.count - c.reported);
@@ -86,6 +92,16 @@ export interface ProxyContext {
   queryAuthenticated(who: Principal, correlationId: string): void;
   resolve(policies: PolicyConfig[], who: Principal): Resolution;
   rewriteContext(resolution: Resolution, who: Principal, policyVersion: number): RewriteContext;
+  /**
+   * When the native relay writes the NDJSON file (audit.ts): its id there, the templates the relay fills in for
+   * cached statements, and a flush of the lines made here so that they precede the relay's next ones.
+   */
+  relayLog: {
+    id: number;
+    authentication(who: Principal): LineTemplate;
+    resolution(who: Principal, q: QueryAudit, key: object): LineTemplate;
+    flush(): void;
+  } | undefined;
 }
 
 export interface DataProxyOptions {
@@ -171,6 +187,12 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
       if (audit.writesEntries) audit.entry(events.authenticationSucceeded(who, correlationId, stamp), QUERY_AUTHENTICATION_CATEGORIES);
     },
     resolve: (list, who) => resolvePolicies(list, who, config.rlacFilterBehaviour),
+    relayLog: audit.nativeLog ? {
+      id: audit.nativeLog,
+      authentication: (who) => events.authenticationSucceededTemplate(who),
+      resolution: (who, q, key) => events.policyResolvedTemplate(who, q, key),
+      flush: () => audit.flushFile(),
+    } : undefined,
     rewriteContext(resolution, who, version): RewriteContext {
       return {
         catalog,

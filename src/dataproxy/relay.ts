@@ -9,14 +9,20 @@
 import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
 import { componentLogger } from '../telemetry/index.ts';
+import type { LineTemplate } from './audit.ts';
 
 interface Addon {
   start(onNotices: (batch: Buffer) => void): void;
   hold(on: boolean): void;
-  adopt(id: number, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer): void;
-  decided(id: number, send: Buffer | null, marker: Buffer | null, error: Buffer | null, key: Buffer | null, rewritten: Buffer | null, deadlineInMs: number): void;
+  adopt(id: number, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer, log: number, authenticationLine: Buffer | null): void;
+  decided(id: number, send: Buffer | null, marker: Buffer | null, error: Buffer | null, key: Buffer | null, rewritten: Buffer | null, deadlineInMs: number,
+    line: Buffer | null): void;
   close(id: number, toClient: Buffer | null): void;
   forget(): void;
+  openLog(id: number, fd: number): void;
+  appendLog(id: number, lines: Buffer): void;
+  closeLog(id: number): void;
+  linesWritten(): number;
 }
 
 /** What a relayed session answers to (the notices of native/pgrelay.c, in their order per session). */
@@ -37,6 +43,8 @@ const NOTICE_HIT = 1;
 const NOTICE_DECIDE = 2;
 const NOTICE_CLOSED = 3;
 const NOTICE_CACHED = 4;
+const NOTICE_LOG_CLOSED = 5;
+const NOTICE_LOG_FAILED = 6;
 
 const log = componentLogger('dataproxy');
 
@@ -52,13 +60,15 @@ function loadAddon(): Addon | undefined {
 
 const addon = loadAddon();
 const owners = new Map<number, RelayedSession>();
+/** Logs the relay writes, by id: what resolves when each is closed. */
+const logs = new Map<number, { path: string; closed?: () => void }>();
 let nextId = 1;
 let started = false;
 let held = false;
 let epoch = '';
 
 function updateHold(): void {
-  const want = owners.size > 0;
+  const want = owners.size > 0 || logs.size > 0;
   if (want !== held) addon!.hold((held = want));
 }
 
@@ -92,6 +102,17 @@ function onNotices(batch: Buffer): void {
           const entry = batch.readUInt32LE(at);
           at += 4;
           owner?.relayCached(entry);
+          break;
+        }
+        case NOTICE_LOG_CLOSED:
+          logs.get(id)?.closed?.();
+          logs.delete(id);
+          updateHold();
+          break;
+        case NOTICE_LOG_FAILED: {
+          const errno = batch.readUInt32LE(at);
+          at += 4;
+          log.error({ errno, file: logs.get(id)?.path }, 'the audit log could not be written: lines are lost from here on');
           break;
         }
         case NOTICE_CLOSED: {
@@ -131,17 +152,75 @@ export function takeDescriptor(socket: Socket): number | undefined {
 }
 
 /** Hands a session's two sockets to the relay; returns the id its notices carry. Throws when the relay cannot. */
-export function adopt(owner: RelayedSession, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer): number {
+function newId(): number {
   if (!started) {
     addon!.start(onNotices);
     started = true;
   }
   const id = nextId;
   nextId = nextId >= 0xffff_fffe ? 1 : nextId + 1;
-  addon!.adopt(id, clientFd, upstreamFd, clientBytes, toClient);
+  return id;
+}
+
+/**
+ * Hands a session's two sockets to the relay; returns the id its notices carry. Throws when the relay cannot.
+ * With `log` (an `openLog` id) and the session's user.authentication line, hits' events are written by the relay.
+ */
+export function adopt(owner: RelayedSession, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer,
+  log?: { id: number; authenticationLine: LineTemplate }): number {
+  const id = newId();
+  addon!.adopt(id, clientFd, upstreamFd, clientBytes, toClient, log?.id ?? 0, log ? encodeTemplate(log.authenticationLine) : null);
   owners.set(id, owner);
   updateHold();
   return id;
+}
+
+/** NDJSON lines to `fd` through the relay thread, in the order they are appended (see pgrelay.c). */
+export function openLog(fd: number, path: string): number {
+  const id = newId();
+  addon!.openLog(id, fd);
+  logs.set(id, { path });
+  updateHold();
+  return id;
+}
+
+export function appendLog(id: number, lines: Buffer): void {
+  addon!.appendLog(id, lines);
+}
+
+/** Resolves once every line is written and no session writes to the log; the caller then closes the file. */
+export function closeLog(id: number): Promise<void> {
+  const entry = logs.get(id);
+  if (!entry) return Promise.resolve();
+  const closed = new Promise<void>((resolve) => (entry.closed = resolve));
+  addon!.closeLog(id);
+  return closed;
+}
+
+/** Cached statements whose two events the relay wrote itself (for the events counter). */
+export function linesWritten(): number {
+  return addon && started ? addon.linesWritten() : 0;
+}
+
+const SLOT_KINDS: Record<LineTemplate['slots'][number], number> = { id: 0, eventTime: 1, correlationId: 2, query: 3 };
+const encodedTemplates = new WeakMap<LineTemplate, Buffer>();
+
+/** A line template as pgrelay.c reads it: [u32 slots][u8 kind × slots][(u32 length, bytes) × (slots + 1)]. */
+export function encodeTemplate(t: LineTemplate): Buffer {
+  let encoded = encodedTemplates.get(t);
+  if (encoded) return encoded;
+  const head = Buffer.alloc(4 + t.slots.length);
+  head.writeUInt32LE(t.slots.length, 0);
+  t.slots.forEach((slot, i) => (head[4 + i] = SLOT_KINDS[slot]));
+  const parts: Buffer[] = [head];
+  for (const text of t.text) {
+    const length = Buffer.alloc(4);
+    length.writeUInt32LE(text.length, 0);
+    parts.push(length, text);
+  }
+  encoded = Buffer.concat(parts);
+  encodedTemplates.set(t, encoded);
+  return encoded;
 }
 
 /** Relayed sessions open now (they count against `limits.maxConnections` with the ones still on Node sockets). */
@@ -154,13 +233,17 @@ export interface RelayDecision {
   send?: Buffer;
   /** A refusal: the marker the relay watches for in upstream's ErrorResponse, and the error that replaces it. */
   refusal?: { marker: string; error: Buffer };
-  /** Kept for later: the statement's key as literals.ts or the Parse made it, and its rewritten text (undefined: unchanged). */
-  cache?: { key: string; rewritten: string | undefined; deadlineInMs: number };
+  /**
+   * Kept for later: the statement's key as literals.ts or the Parse made it, its rewritten text (undefined:
+   * unchanged), and the template of its policy.resolution line when the relay writes hits' events.
+   */
+  cache?: { key: string; rewritten: string | undefined; deadlineInMs: number; line: LineTemplate | undefined };
 }
 
 export function decided(id: number, d: RelayDecision): void {
+  const c = d.cache;
   addon!.decided(id, d.send ?? null, d.refusal ? Buffer.from(d.refusal.marker) : null, d.refusal?.error ?? null,
-    d.cache ? Buffer.from(d.cache.key) : null, d.cache?.rewritten !== undefined ? Buffer.from(d.cache.rewritten) : null, d.cache?.deadlineInMs ?? -1);
+    c ? Buffer.from(c.key) : null, c?.rewritten !== undefined ? Buffer.from(c.rewritten) : null, c?.deadlineInMs ?? -1, c?.line ? encodeTemplate(c.line) : null);
 }
 
 export function closeRelayed(id: number, toClient?: Buffer): void {

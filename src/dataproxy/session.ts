@@ -15,6 +15,7 @@ import { componentLogger } from '../telemetry/index.ts';
 import { DataProxyError } from './errors.ts';
 import type { ProxyContext } from './proxy.ts';
 import type { Principal, Resolution } from './policy.ts';
+import type { QueryAudit } from './audit.ts';
 import type { PolicyConfig } from './config.ts';
 import { rewriteQuery, UnknownRelationError, type RewriteResult } from './rewrite.ts';
 import { fillTemplate, templateOf, type Template } from './literals.ts';
@@ -340,7 +341,9 @@ export class Session implements relay.RelayedSession {
       return false;
     }
     try {
-      this.relayId = relay.adopt(this, clientFd, backend.fd, this.reader.take(), Buffer.concat([greeting, backend.pending]));
+      const lines = this.ctx.relayLog;
+      this.relayId = relay.adopt(this, clientFd, backend.fd, this.reader.take(), Buffer.concat([greeting, backend.pending]),
+        lines && { id: lines.id, authenticationLine: lines.authentication(this.principal!) });
     } catch (err) {
       log.error({ err: (err as Error).message }, 'the native relay could not take the session');
       backend.release();
@@ -405,9 +408,13 @@ export class Session implements relay.RelayedSession {
       }
       const cache = this.relayCacheEntry(parse, sql, o);
       this.lastCacheable = cache ? { sql, outcome: cache.reported } : undefined;
+      const lines = this.ctx.relayLog;
+      const line = cache?.reported.ok ? lines?.resolution(this.principal!, this.queryAudit(sql, cache.reported.result), cache.reported.result) : undefined;
+      // This statement's events are written before the relay writes any later ones for the session.
+      lines?.flush();
       relay.decided(id, {
         send,
-        cache: cache && { key: cache.key, rewritten: cache.rewritten, deadlineInMs: this.ctx.policies.freshForMs() },
+        cache: cache && { key: cache.key, rewritten: cache.rewritten, deadlineInMs: this.ctx.policies.freshForMs(), line },
       });
     };
     if (outcome instanceof Promise) outcome.then(answer).catch((err: Error) => this.fatal('XX000', err.message));
@@ -504,16 +511,20 @@ export class Session implements relay.RelayedSession {
     return parse ? parseMessage(parse.name, this.refusalMarker(), []) : queryMessage(this.refusalMarker());
   }
 
+  /** What a statement's policy.resolution reports. */
+  private queryAudit(sql: string, r: RewriteResult): QueryAudit {
+    // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
+    const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
+    return { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() };
+  }
+
   /** The statement's events: its user.authentication, then its policy.resolution (or the failure event). */
   private report(sql: string, outcome: Outcome): void {
     const who = this.principal!;
     const correlationId = this.queryCorrelationId(who);
     if (outcome.ok) {
       const r = outcome.result;
-      // A metadata request is about the tables the user may see: it reports their policies, as the seed's example.
-      const tables = r.metadata ? [...this.resolution!.value.plans.values()] : r.tables;
-      this.ctx.policyResolved(who, correlationId, { request: r.metadata ? { metadata: r.metadata } : { query: sql }, tables, policies: this.ctx.policies.known() },
-        r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
+      this.ctx.policyResolved(who, correlationId, this.queryAudit(sql, r), r, r.exportsRows && !r.metadata ? EXPORT_CATEGORIES : NO_CATEGORIES);
       return;
     }
     if (outcome.event === 'retrieval') this.ctx.emit(this.ctx.events.policyRetrievalFailed(who, this.sourceIp, outcome.message), []);
