@@ -272,6 +272,7 @@ class StatementRewriter {
     if (plan) {
       if (position !== 'from') throw refuse(`protected table ${key} cannot be read here (only in FROM and JOIN)`);
       this.tables.set(key, plan);
+      if (this.readsAsStored(plan)) return { RangeVar: rv };
       this.changed = true;
       const subquery = this.ctx.maskedRelation(plan, this.readable);
       if (plan.filters.length > 0 || plan.denyAll) this.pushIntoFence(subquery, plan, rv);
@@ -286,6 +287,17 @@ class StatementRewriter {
     }
     if (rel.kind !== 'r' && rel.kind !== 'p') throw refuse(`${key} is a ${rel.kind === 'v' ? 'view' : rel.kind === 'm' ? 'materialized view' : rel.kind === 'f' ? 'foreign table' : 'sequence'} the proxy cannot see through`);
     return { RangeVar: rv };
+  }
+
+  /**
+   * Whether the statement reads `plan`'s table only where its masked form equals the table: every row (no filter)
+   * and, of the columns the statement names anywhere, none that a rule transforms (`retain` keeps a value as it is).
+   * Then the table stays as it is: the database plans the query as the client wrote it.
+   */
+  private readsAsStored(plan: TablePlan): boolean {
+    if (!this.readable || plan.filters.length > 0 || plan.denyAll) return false;
+    for (const [column, rule] of plan.fields) if (this.readable.has(column) && !('retain' in rule.transformation)) return false;
+    return true;
   }
 
   private pushIntoFence(subquery: Node, plan: TablePlan, rv: Node): void {

@@ -20,6 +20,8 @@ CREATE TABLE hr.readers (name text);
 INSERT INTO hr.readers VALUES ('Ada'), ('Alan'), ('Nobody');
 CREATE TABLE hr.secret (x int);
 INSERT INTO hr.secret VALUES (1), (2);
+CREATE TABLE hr.open (id int, kept text, token text);
+INSERT INTO hr.open VALUES (1, 'kept-1', 'Ada'), (2, 'kept-2', 'Alan');
 `;
 
 const f = (table: string, field: string) => ({ schema: 'hr', table, field });
@@ -45,6 +47,9 @@ const POLICIES = [{
     rule('vip', 'people', 'vip', { retain: {} }),
   ],
   filters: [{ ...f('people', 'id'), expression: 'id <> 99' }],
+}, {
+  id: 'p-open', name: 'open', filters: [],
+  rules: [rule('open-kept', 'open', 'kept', { retain: {} }), rule('open-token', 'open', 'token', { regex: { regex: '[A-Z][a-z]{3,8}', consistent: true, consistencyGroupId: 'names' } })],
 }, {
   id: 'p-secret', name: 'secret', filters: [],
   rules: [{ id: 's', name: 's', condition: { groups: ['auditors'] }, fields: [f('secret', 'x')], transformation: { retain: {} } }],
@@ -94,6 +99,20 @@ describe('transformations', () => {
     assert.deepEqual(again.map((r) => r[0]), names.map((r) => r[1]), 'tokens do not depend on the session or user');
     const joined = await rows('select p.id, r.name from hr.people p join hr.readers r on r.name = p.firstname order by p.id');
     assert.deepEqual(joined.map((r) => r[0]), ['1', '2', '3'], 'the readers table shares the consistency group');
+  });
+
+  test('a table read only through retained and unprotected columns, with no filter, is read as it is; any transformed column masks it', async () => {
+    assert.deepEqual(await rows('select id, kept from hr.open order by id'), [['1', 'kept-1'], ['2', 'kept-2']]);
+    const [, resolution] = (await p.events()).slice(-2);
+    assert.equal(resolution!.header.event.action, 'policy.resolution');
+    assert.match(JSON.stringify(resolution!.attachments[0]!.requestData), /"field":"kept"/, 'the retained field is still reported');
+    assert.equal(await psql(p.conn(), 'select count(*) from hr.open'), '2');
+    assert.deepEqual(await rows("select id from hr.open where token = 'Ada'"), [], 'a comparison on the tokenized column sees tokens');
+    assert.deepEqual(await rows("select kept from hr.open o where o.token in ('Ada', 'Alan')"), []);
+    for (const sql of ['select o from hr.open o', 'select row_to_json(o) from hr.open o', 'select * from hr.open', 'select kept, token from hr.open']) {
+      const out = await psql(p.conn(), sql);
+      assert.doesNotMatch(out, /\bAda\b|\bAlan\b/, sql);
+    }
   });
 
   test('constant, truncate (all four ways), drop', async () => {
