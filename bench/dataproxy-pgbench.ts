@@ -1,7 +1,9 @@
 /**
  * `pgbench -S` at 8 clients in the three query modes, side by side in one run: direct to PostgreSQL, through
  * pgbouncer (Debian's, session pooling, on a loopback port in a temp dir), through Custos with no protected table
- * touched, through Custos with a masking policy on pgbench_accounts, and with a masking policy plus a row filter.
+ * touched, through Custos with a policy on pgbench_accounts whose rules keep the columns pgbench reads as they are
+ * (the table is then read as written), with a masking policy that tokenizes the balance pgbench reads, and with that
+ * masking policy plus a row filter.
  *
  *   node --import tsx bench/dataproxy-pgbench.ts [--seconds 30] [--clients 8] [--scale 1] [--rounds 5]
  *
@@ -119,13 +121,14 @@ function proxyConfig(policies: unknown[]): string {
   });
 }
 
-const ACCOUNTS = (filter: boolean) => [{
+const ACCOUNTS = ({ maskBalance, filter }: { maskBalance: boolean; filter: boolean }) => [{
   id: 'p-accounts', name: 'accounts',
   rules: [
     { id: 'r-filler', name: 'tokenize filler', condition: { groups: ['analysts'] }, fields: [{ schema: 'public', table: 'pgbench_accounts', field: 'filler' }],
       transformation: { regex: { regex: '[a-z]{12}', consistent: true } } },
-    { id: 'r-balance', name: 'keep balances', condition: { groups: ['analysts'] }, fields: [{ schema: 'public', table: 'pgbench_accounts', field: 'abalance' }],
-      transformation: { retain: {} } },
+    { id: 'r-balance', name: maskBalance ? 'tokenize balances' : 'keep balances', condition: { groups: ['analysts'] },
+      fields: [{ schema: 'public', table: 'pgbench_accounts', field: 'abalance' }],
+      transformation: maskBalance ? { numericRegex: { regex: '[1-9][0-9]{5}', consistent: true } } : { retain: {} } },
   ],
   filters: filter ? [{ schema: 'public', table: 'pgbench_accounts', field: 'bid', expression: 'bid > 0' }] : [],
 }];
@@ -159,7 +162,11 @@ async function main(): Promise<void> {
     await waitForPort(bouncerPort, bouncer);
 
     const proxies: Record<string, { conn: string; pid: number }> = {};
-    for (const [name, policies] of [['custos', UNTOUCHED], ['custos-masked', ACCOUNTS(false)], ['custos-masked-filtered', ACCOUNTS(true)]] as const) {
+    const configs = [
+      ['custos', UNTOUCHED], ['custos-retained', ACCOUNTS({ maskBalance: false, filter: false })],
+      ['custos-masked', ACCOUNTS({ maskBalance: true, filter: false })], ['custos-masked-filtered', ACCOUNTS({ maskBalance: true, filter: true })],
+    ] as const;
+    for (const [name, policies] of configs) {
       const port = await freePort();
       writeFileSync(join(dir, `${name}.yaml`), proxyConfig(policies as unknown[]));
       const child = spawn(process.execPath, custosArgs('dataproxy', '--config', join(dir, `${name}.yaml`), '--upstream', dbUrl,
@@ -173,7 +180,8 @@ async function main(): Promise<void> {
       ['direct', `${dbUrl}?sslmode=disable`, undefined],
       ['pgbouncer', `postgresql://postgres@127.0.0.1:${bouncerPort}/${DB}?sslmode=disable`, bouncer.pid],
       ['Custos, no protected table touched', proxies['custos']!.conn, proxies['custos']!.pid],
-      ['Custos, masking policy on pgbench_accounts', proxies['custos-masked']!.conn, proxies['custos-masked']!.pid],
+      ['Custos, policy on pgbench_accounts, columns read kept as they are', proxies['custos-retained']!.conn, proxies['custos-retained']!.pid],
+      ['Custos, masking policy: the balance read is tokenized', proxies['custos-masked']!.conn, proxies['custos-masked']!.pid],
       ['Custos, masking + row filter on pgbench_accounts', proxies['custos-masked-filtered']!.conn, proxies['custos-masked-filtered']!.pid],
     ];
     const cells: Record<string, Record<string, Cell>> = {};

@@ -333,8 +333,8 @@ export class AuditLog {
   private chunk = Buffer.allocUnsafe(CHUNK_BYTES);
   private used = 0;
   private timer: NodeJS.Timeout | undefined;
-  constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string }) {
-    if (options.logFile && !options.sink && relay.relayAvailable()) {
+  constructor(private readonly options: { logFile?: string; sink?: BatchingSink; project: string; relay?: boolean }) {
+    if (options.logFile && !options.sink && options.relay) {
       this.nativeFd = options.logFile === '-' ? 1 : openSync(options.logFile, 'a');
       this.nativeLog = relay.openLog(this.nativeFd, options.logFile);
     } else if (options.logFile === '-') {

@@ -16,7 +16,7 @@ import type { DataProxyConfig, PolicyConfig } from './config.ts';
 import { maskedRelationSql, type MaskingKeys } from './masking.ts';
 import { PolicySource, protectedTablesOf, resolvePolicies, type Principal, type Resolution, type TablePlan } from './policy.ts';
 import { UnknownRelationError, type RewriteContext } from './rewrite.ts';
-import { linesWritten, relayedSessions } from './relay.ts';
+import { linesWritten, relayAvailable, relayedSessions } from './relay.ts';
 import { Session } from './session.ts';
 import { parseStatements, type Node } from './sql.ts';
 import { EmbeddedUpstream, PostgresUpstream, type Upstream } from './upstream.ts';
@@ -85,6 +85,8 @@ export interface ProxyContext {
   sessions: Map<number, Session>;
   cache: BoundedCache<unknown>;
   tls: SecureContext | undefined;
+  /** Whether authenticated sessions move to the native relay (relay.ts). */
+  relay: boolean;
   emit(event: DataProxyAuditEvent, categories: string[]): void;
   /** A query's SUCCESS policy.resolution event; `key` is the cached rewrite it reports (see `policyResolvedTemplate`). */
   policyResolved(who: Principal, correlationId: string, q: QueryAudit, key: object, categories: string[]): void;
@@ -116,6 +118,8 @@ export interface DataProxyOptions {
   sink?: BatchingSink;
   /** The Custos project of the LogEntries (`projects/P/logs/data-proxy-audit`). */
   project: string;
+  /** Sessions move to the native relay after authentication (default: when it is built; see relay.ts). */
+  relay?: boolean;
 }
 
 export interface RunningDataProxy {
@@ -157,7 +161,8 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
     log.warn('no tokenization secret configured (tokenization.secret or CUSTOS_TOKENIZATION_SECRET): consistent tokens change on restart');
   }
   const keys: MaskingKeys = { secret };
-  const audit = new AuditLog({ logFile: options.logFile, sink: options.sink, project: options.project });
+  const useRelay = options.relay !== false && relayAvailable();
+  const audit = new AuditLog({ logFile: options.logFile, sink: options.sink, project: options.project, relay: useRelay });
   const masked = new BoundedCache<Node>(10_000);
   const events = new AuditEvents(config);
 
@@ -170,6 +175,7 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
     sessions: new Map(),
     cache: new BoundedCache(50_000),
     tls: config.tlsFiles ? createSecureContext({ cert: config.tlsFiles.cert, key: config.tlsFiles.key }) : undefined,
+    relay: useRelay,
     emit(event, categories) {
       countFor(event.header.event.action, event.header.status.outcome).count++;
       audit.emit(event, categories);

@@ -329,7 +329,7 @@ export class Session implements relay.RelayedSession {
    * this session stays on Node sockets (no relay, TLS, an upstream without a socket).
    */
   private async handOver(upstream: UpstreamSession, greeting: Buffer): Promise<boolean> {
-    if (!relay.relayAvailable() || this.socket instanceof TLSSocket || !upstream.detach) return false;
+    if (!this.ctx.relay || this.socket instanceof TLSSocket || !upstream.detach) return false;
     // What Node still holds for the client (the end of the SASL exchange) goes out before the relay writes.
     if (this.socket.writableLength > 0) await new Promise<void>((resolve) => this.socket.write(Buffer.alloc(0), () => resolve()));
     if (this.phase === 'closed') return true;

@@ -74,13 +74,13 @@ export interface TestProxy {
  * Events go both to the store (`sink`) and to an NDJSON file; `events()` checks that the file holds the same
  * events, byte for byte as `JSON.stringify` writes them (the file's lines are serialised from templates).
  */
-export async function startTestProxy(upstream: string, config: Record<string, unknown>): Promise<TestProxy> {
+export async function startTestProxy(upstream: string, config: Record<string, unknown>, options: { relay?: boolean } = {}): Promise<TestProxy> {
   const cfg = await buildConfig({ ...BASE_CONFIG, ...config }, 'test config');
   const sink = new MemorySink();
   const batching = new BatchingSink(sink, { flushMs: 10 });
   const dir = mkdtempSync(join(tmpdir(), 'dp-test-'));
   const logFile = join(dir, 'events.ndjson');
-  const proxy = await startDataProxy({ config: cfg, listen: '127.0.0.1:0', upstream, sink: batching, logFile, project: 'test' });
+  const proxy = await startDataProxy({ config: cfg, listen: '127.0.0.1:0', upstream, sink: batching, logFile, project: 'test', relay: options.relay });
   return {
     proxy,
     sink,

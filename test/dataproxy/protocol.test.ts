@@ -34,10 +34,8 @@ const ACCOUNTS_POLICY = {
 before(async () => {
   db = await createDatabase('dp_proto');
   await run('pgbench', ['-i', '-s', '1', '-q', db.url], { timeout: 60_000 });
-  p = await startTestProxy(db.url, { policies: [SEED_POLICY, ACCOUNTS_POLICY] });
 });
 after(async () => {
-  await p.stop();
   await db.drop();
 });
 
@@ -83,7 +81,37 @@ const bind = (portal = '', statement = '') => message('B', Buffer.concat([cstrin
 const execute = (portal = '') => message('E', Buffer.concat([cstring(portal), int32(0)]));
 const describePortal = (portal = '') => message('D', Buffer.concat([Buffer.from('P'), cstring(portal)]));
 
-describe('protocol through the proxy', () => {
+// Every case runs twice: with sessions on the native relay after authentication, and on Node sockets throughout
+// (no relay built, TLS, the embedded upstream).
+for (const relay of [true, false]) describe(`protocol through the proxy (${relay ? 'native relay' : 'Node sockets'})`, () => {
+  before(async () => {
+    p = await startTestProxy(db.url, { policies: [SEED_POLICY, ACCOUNTS_POLICY] }, { relay });
+  });
+  after(async () => {
+    await p.stop();
+  });
+
+  test('a malformed message length ends the session with a FATAL protocol error; other sessions and new ones go on', async () => {
+    const bystander = await rawSession(p.proxy.port);
+    for (const bad of [Buffer.from([0x51, 0, 0, 0, 2]), Buffer.from([0x50, 0x7f, 0xff, 0xff, 0xff]), Buffer.from([0x42, 0xff, 0xff, 0xff, 0xfe])]) {
+      const s = await rawSession(p.proxy.port);
+      const closed = new Promise<void>((resolve) => s.socket.once('close', () => resolve()));
+      s.socket.write(bad);
+      const error = await s.next();
+      assert.equal(error.type, 'E');
+      const fields = parseErrorFields(error.body);
+      assert.equal(fields['S'], 'FATAL');
+      assert.equal(fields['C'], '08P01');
+      assert.match(fields['M']!, /invalid message length/);
+      await closed;
+    }
+    bystander.socket.write(queryMessage('select 40 + 2'));
+    const answer = await bystander.until('Z');
+    assert.ok(answer.some((m) => m.type === 'D' && m.body.includes(Buffer.from('42'))));
+    bystander.socket.end();
+    assert.equal(await psql(p.conn(), 'select 1'), '1');
+  });
+
   test('psql: simple query, multi-statement string, transactions', async () => {
     assert.equal(await psql(p.conn('admin'), 'select 1; select 2'), '1\n2');
     const out = await psql(p.conn(), 'begin; select count(*) from library.authors; commit', ['-q']);
