@@ -27,6 +27,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addon.h"
+
 // ---- events (plane thread → JS) ----
 
 enum { EV_CONNECT = 1, EV_HANDOFF = 2, EV_DIAL_FAILED = 3, EV_CLOSED = 4, EV_REQUEST = 5 };
@@ -1061,16 +1063,6 @@ static void *plane_main(void *unused) {
 
 // ---- the JS side ----
 
-static napi_value throw_error(napi_env env, const char *code, const char *message) {
-  napi_value error_code, error_message, error;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &error_code);
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &error_message);
-  napi_create_error(env, error_code, error_message, &error);
-  napi_set_named_property(env, error, "code", error_code);
-  napi_throw(env, error);
-  return NULL;
-}
-
 static napi_value number(napi_env env, double value) {
   napi_value out;
   napi_create_double(env, value, &out);
@@ -1172,21 +1164,8 @@ static void send_command(Command *c) {
   pthread_mutex_unlock(&plane_lock);
   if (!queued) free(c->bytes);
   if (wake) {
-    uint64_t one = 1;
-    if (write(plane_wake, &one, sizeof one) < 0) { /* the counter is already non-zero */ }
+    wake_thread(plane_wake);
   }
-}
-
-#define ARGS(n)                                                   \
-  size_t argc = n;                                                \
-  napi_value argv[n];                                             \
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);           \
-  if (argc < n) return throw_error(env, "ERR_INVALID_ARG", "missing argument")
-
-static double arg_number(napi_env env, napi_value value) {
-  double out = 0;
-  napi_get_value_double(env, value, &out);
-  return out;
 }
 
 static bool started = false;
@@ -1214,12 +1193,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
 
 /** hold(bool): whether the plane keeps the process alive (while it has listeners or tunnels). */
 static napi_value hold(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  bool on = false;
-  napi_get_value_bool(env, argv[0], &on);
-  if (on) napi_ref_threadsafe_function(env, deliver);
-  else napi_unref_threadsafe_function(env, deliver);
-  return NULL;
+  return hold_callback(env, info, deliver);
 }
 
 static int parse_address(const char *text, int port, struct sockaddr_storage *out, socklen_t *length) {

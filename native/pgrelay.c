@@ -38,6 +38,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "addon.h"
+
 #define MAX_MESSAGE_BYTES (64u * 1024 * 1024) // as wire.ts: what one client can make the proxy buffer
 #define READ_BYTES (64 * 1024)
 #define HIGH_WATER (256 * 1024) // bytes waiting for one side before the other side is no longer read
@@ -1199,16 +1201,6 @@ static void *relay_main(void *unused) {
 
 // ---- the JS side ----
 
-static napi_value throw_error(napi_env env, const char *code, const char *message) {
-  napi_value error_code, error_message, error;
-  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &error_code);
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &error_message);
-  napi_create_error(env, error_code, error_message, &error);
-  napi_set_named_property(env, error, "code", error_code);
-  napi_throw(env, error);
-  return NULL;
-}
-
 /** On the JS thread: every queued notice, as one Buffer, to the callback given to start(). */
 static void call_js(napi_env env, napi_value callback, void *context, void *data) {
   (void)context;
@@ -1222,8 +1214,7 @@ static void call_js(napi_env env, napi_value callback, void *context, void *data
   pthread_mutex_unlock(&relay_lock);
   if (wake) {
     // The relay thread stopped reading clients while JS was behind: it looks again.
-    uint64_t one = 1;
-    if (write(relay_wake, &one, sizeof one) < 0) { /* the counter is already non-zero */ }
+    wake_thread(relay_wake);
   }
   if (!env || !buf_length(&batch)) {
     buf_free(&batch);
@@ -1265,21 +1256,8 @@ static void send_command(Command *c) {
     }
   }
   if (wake) {
-    uint64_t one = 1;
-    if (write(relay_wake, &one, sizeof one) < 0) { /* the counter is already non-zero */ }
+    wake_thread(relay_wake);
   }
-}
-
-#define ARGS(n)                                                   \
-  size_t argc = n;                                                \
-  napi_value argv[n];                                             \
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);           \
-  if (argc < n) return throw_error(env, "ERR_INVALID_ARG", "missing argument")
-
-static double arg_number(napi_env env, napi_value value) {
-  double out = 0;
-  napi_get_value_double(env, value, &out);
-  return out;
 }
 
 // A copy of a Buffer argument; NULL (and length 0) for null or undefined. False: not a Buffer, or out of memory.
@@ -1322,12 +1300,7 @@ static napi_value start(napi_env env, napi_callback_info info) {
 
 /** hold(bool): whether the relay keeps the process alive (while it has sessions). */
 static napi_value hold(napi_env env, napi_callback_info info) {
-  ARGS(1);
-  bool on = false;
-  napi_get_value_bool(env, argv[0], &on);
-  if (on) napi_ref_threadsafe_function(env, deliver);
-  else napi_unref_threadsafe_function(env, deliver);
-  return NULL;
+  return hold_callback(env, info, deliver);
 }
 
 /**
