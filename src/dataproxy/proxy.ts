@@ -235,7 +235,7 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
   server.maxConnections = config.limits.maxConnections;
   await new Promise<void>((resolve, reject) => server.once('error', reject).listen(listen.port, listen.host, resolve));
   const address = server.address() as { address: string; port: number };
-  log.info({ listen: `${address.address}:${address.port}`, upstream: upstream.kind }, 'data proxy listening');
+  log.info({ listen: `${address.address}:${address.port}`, upstream: upstream.kind, relay: useRelay ? 'native' : 'node' }, 'data proxy listening');
   return {
     host: address.address,
     port: address.port,
