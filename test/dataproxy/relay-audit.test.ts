@@ -79,6 +79,29 @@ const normalized = (line: string): string =>
     .replace(/"sourceIp":"[^"]*"/g, '"sourceIp":"IP"')
     .replace(/aid = \d+/g, 'aid = N');
 
+test('a statement cached by its template gets its own literals back in the rewrite: the same rows as a fresh session gets', async () => {
+  const config = await buildConfig({ ...BASE_CONFIG, policies: [SEED_POLICY, ACCOUNTS_POLICY] }, 'test config');
+  const proxy = await startDataProxy({ config, listen: '127.0.0.1:0', upstream: db.url, project: 'test' });
+  try {
+    const conn = `postgresql://proxy-user:s3cret@127.0.0.1:${proxy.port}/${db.name}?sslmode=disable`;
+    const statement = (id: number): string => `select id, firstname, salary, 'x''${id}' as mark from library.authors where id = ${id} or lastname = 'Turing' order by id`;
+    const client = new pg.Client({ connectionString: conn });
+    await client.connect();
+    try {
+      for (const id of [1, 4, 5, 6]) {
+        const cached = (await client.query(statement(id))).rows;
+        const fresh = await query(conn, statement(id));
+        assert.deepEqual(cached, fresh, statement(id));
+        assert.ok(cached.some((r) => r['id'] === id && r['mark'] === `x'${id}`), `row ${id} and its literal`);
+      }
+    } finally {
+      await client.end();
+    }
+  } finally {
+    await proxy.stop();
+  }
+});
+
 test('the relay writes the lines JavaScript would, with fresh ids, times and correlationIds that pair each query\'s two events', { skip: !relayAvailable() && 'the native relay is not built' }, async () => {
   const metricsBefore = await registry.getSingleMetricAsString('custos_dataproxy_audit_events_total');
   const started = Date.now();
