@@ -16,7 +16,7 @@ import type { DataProxyConfig, PolicyConfig } from './config.ts';
 import { maskedRelationSql, type MaskingKeys } from './masking.ts';
 import { PolicySource, protectedTablesOf, resolvePolicies, type Principal, type Resolution, type TablePlan } from './policy.ts';
 import { UnknownRelationError, type RewriteContext } from './rewrite.ts';
-import { linesWritten, relayAvailable, relayedSessions } from './relay.ts';
+import { linesWritten, relayAvailable } from './relay.ts';
 import { Session } from './session.ts';
 import { parseStatements, type Node } from './sql.ts';
 import { EmbeddedUpstream, PostgresUpstream, type Upstream } from './upstream.ts';
@@ -223,7 +223,9 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
   const sockets = new Set<Socket>();
   const server: Server = createServer({ noDelay: true }, (socket: Socket) => {
     // Relayed sessions left Node's sockets (and the server's own count) but not the limit.
-    if (sockets.size + relayedSessions() >= config.limits.maxConnections) {
+    let relayed = 0;
+    for (const session of ctx.sessions.values()) if (session.relayed) relayed++;
+    if (sockets.size + relayed >= config.limits.maxConnections) {
       socket.destroy();
       return;
     }

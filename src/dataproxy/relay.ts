@@ -223,11 +223,6 @@ export function encodeTemplate(t: LineTemplate): Buffer {
   return encoded;
 }
 
-/** Relayed sessions open now (they count against `limits.maxConnections` with the ones still on Node sockets). */
-export function relayedSessions(): number {
-  return owners.size;
-}
-
 export interface RelayDecision {
   /** Bytes upstream instead of the message; undefined: the message itself. */
   send?: Buffer;

@@ -358,6 +358,11 @@ export class Session implements relay.RelayedSession {
     return true;
   }
 
+  /** Whether the native relay holds this session's sockets (they no longer count among the server's). */
+  get relayed(): boolean {
+    return this.phase === 'relayed';
+  }
+
   relayHit(entry: number, text: string | undefined): void {
     const known = this.relayEntries[entry];
     if (!known) throw new Error(`the relay reported entry ${entry}, which this session never cached`);

@@ -91,6 +91,20 @@ for (const relay of [true, false]) describe(`protocol through the proxy (${relay
     await p.stop();
   });
 
+  test('limits.maxConnections counts every open session, relayed or not', async () => {
+    const limited = await startTestProxy(db.url, { policies: [SEED_POLICY], limits: { maxConnections: 2, maxQueryBytes: 1_000_000 } }, { relay });
+    try {
+      const open = [await rawSession(limited.proxy.port), await rawSession(limited.proxy.port)];
+      await assert.rejects(psql(limited.conn(), 'select 1'), 'a third session is refused');
+      for (const s of open) s.socket.end();
+      let answer = '';
+      for (let i = 0; i < 50 && answer !== '1'; i++) answer = await psql(limited.conn(), 'select 1').catch(() => new Promise<string>((r) => setTimeout(() => r(''), 50)));
+      assert.equal(answer, '1', 'a session is accepted again once the others ended');
+    } finally {
+      await limited.stop();
+    }
+  });
+
   test('a malformed message length ends the session with a FATAL protocol error; other sessions and new ones go on', async () => {
     const bystander = await rawSession(p.proxy.port);
     for (const bad of [Buffer.from([0x51, 0, 0, 0, 2]), Buffer.from([0x50, 0x7f, 0xff, 0xff, 0xff]), Buffer.from([0x42, 0xff, 0xff, 0xff, 0xfe])]) {
