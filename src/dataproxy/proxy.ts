@@ -161,7 +161,8 @@ export async function startDataProxy(options: DataProxyOptions): Promise<Running
     log.warn('no tokenization secret configured (tokenization.secret or CUSTOS_TOKENIZATION_SECRET): consistent tokens change on restart');
   }
   const keys: MaskingKeys = { secret };
-  const useRelay = options.relay !== false && relayAvailable();
+  // The embedded upstream has no socket to hand over.
+  const useRelay = options.relay !== false && relayAvailable() && upstream.kind === 'postgres';
   const audit = new AuditLog({ logFile: options.logFile, sink: options.sink, project: options.project, relay: useRelay });
   const masked = new BoundedCache<Node>(10_000);
   const events = new AuditEvents(config);
