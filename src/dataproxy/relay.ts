@@ -140,15 +140,25 @@ export function relayAvailable(): boolean {
   return addon !== undefined;
 }
 
+function handleOf(socket: Socket): { fd: number; readStop(): number } | undefined {
+  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?: () => number } })._handle;
+  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;
+  return handle as { fd: number; readStop(): number };
+}
+
+/** Whether the relay could take `socket`: a plain TCP socket Node still holds. */
+export function canTake(socket: Socket): boolean {
+  return handleOf(socket) !== undefined;
+}
+
 /**
  * Stops Node reading `socket` and returns its descriptor, which the relay duplicates; the caller then destroys the
  * Node socket (a close, never a shutdown: the relay's duplicate keeps the connection).
  */
 export function takeDescriptor(socket: Socket): number | undefined {
-  const handle = (socket as unknown as { _handle?: { fd?: number; readStop?: () => number } })._handle;
-  if (!handle || typeof handle.fd !== 'number' || handle.fd < 0 || typeof handle.readStop !== 'function') return undefined;
-  handle.readStop();
-  return handle.fd;
+  const handle = handleOf(socket);
+  handle?.readStop();
+  return handle?.fd;
 }
 
 /** Hands a session's two sockets to the relay; returns the id its notices carry. Throws when the relay cannot. */

@@ -333,13 +333,10 @@ export class Session implements relay.RelayedSession {
     // What Node still holds for the client (the end of the SASL exchange) goes out before the relay writes.
     if (this.socket.writableLength > 0) await new Promise<void>((resolve) => this.socket.write(Buffer.alloc(0), () => resolve()));
     if (this.phase === 'closed') return true;
-    const clientFd = relay.takeDescriptor(this.socket);
-    if (clientFd === undefined) return false;
+    if (!relay.canTake(this.socket)) return false;
     const backend = upstream.detach();
-    if (!backend) {
-      this.socket.resume();
-      return false;
-    }
+    if (!backend) return false;
+    const clientFd = relay.takeDescriptor(this.socket)!;
     try {
       const lines = this.ctx.relayLog;
       this.relayId = relay.adopt(this, clientFd, backend.fd, this.reader.take(), Buffer.concat([greeting, backend.pending]),
@@ -375,7 +372,8 @@ export class Session implements relay.RelayedSession {
     this.lastCacheable = undefined;
   }
 
-  relayClosed(): void {
+  relayClosed(reason: relay.RelayCloseReason): void {
+    log.debug({ reason, user: this.userName }, 'relayed session ended');
     this.relayId = 0;
     this.close();
   }
