@@ -50,6 +50,7 @@
 #define MAX_LITERALS 1000
 #define MAX_ERROR_BYTES (64 * 1024)
 #define MAX_REFUSALS 16
+#define CLOSE_DRAIN_MS 5000 // how long an ending session may take to write what it owes either side
 #define NOTICE_BACKLOG (16 * 1024 * 1024) // notices JS has not taken yet, beyond which clients are not read
 
 enum { SIDE_CLIENT = 0, SIDE_UPSTREAM = 1 };
@@ -86,6 +87,7 @@ static bool buf_reserve(Buf *b, size_t extra) {
 }
 
 static bool buf_append(Buf *b, const void *bytes, size_t length) {
+  if (!length) return true;
   if (!buf_reserve(b, length)) return false;
   memcpy(b->data + b->end, bytes, length);
   b->end += length;
@@ -412,6 +414,7 @@ typedef struct Log {
   int64_t since_ms;
   uint32_t refs; // JavaScript's, until closeLog, and each relay's that writes to it
   bool failed;
+  bool closed_by_js;
   struct Log *next;
 } Log;
 
@@ -465,10 +468,11 @@ static void log_unref(Log *l) {
   free(l);
 }
 
-static void log_append(Log *l, const uint8_t *bytes, size_t length) {
+static bool log_append(Log *l, const uint8_t *bytes, size_t length) {
   if (!buf_length(&l->buf)) l->since_ms = now_ms;
-  buf_append(&l->buf, bytes, length);
+  if (!buf_append(&l->buf, bytes, length)) return false;
   if (buf_length(&l->buf) >= LOG_FLUSH_BYTES) log_flush(l);
+  return true;
 }
 
 // ---- sessions ----
@@ -507,6 +511,10 @@ struct Relay {
   size_t streaming[2]; // bytes of a message from a side still to be forwarded as they arrive
   bool eof[2];
   bool dead;
+  bool closing; // ending: nothing is read, what is owed to either side is written (relay_end)
+  int close_reason;
+  int64_t close_deadline_ms;
+  uint32_t max_query_bytes; // longer statements are asked about (JavaScript refuses them)
   // A decision request is out: the client's messages wait, from the one asked about on.
   bool awaiting;
   uint8_t pending_kind;
@@ -529,6 +537,7 @@ static napi_threadsafe_function deliver;
 static Relay *relays;       // live sessions
 static Relay *dead_relays;  // freed after the epoll batch that may still name them
 static uint32_t cache_epoch; // bumped by forget(): every session's cache is cleared before its next lookup
+static uint32_t closing_count; // sessions writing what they owe before they close (relay_end)
 
 // Notices: records in one byte buffer, [type u8][relay u32][...], little-endian as this host; read by relay.ts.
 static Buf notices;          // relay thread only
@@ -572,7 +581,7 @@ static void set_interest(Relay *r, int side, uint32_t interest) {
 
 static void update_interest(Relay *r) {
   for (int side = 0; side < 2; side++) {
-    bool read = !r->eof[side] && buf_length(&r->out[!side]) < HIGH_WATER && buf_length(&r->in[side]) < MAX_MESSAGE_BYTES + READ_BYTES;
+    bool read = !r->closing && !r->eof[side] && buf_length(&r->out[!side]) < HIGH_WATER && buf_length(&r->in[side]) < MAX_MESSAGE_BYTES + READ_BYTES;
     if (side == SIDE_CLIENT && ((r->awaiting && buf_length(&r->in[side]) >= HIGH_WATER) || backlogged)) read = false;
     set_interest(r, side, (read ? EPOLLIN : 0) | (buf_length(&r->out[side]) ? EPOLLOUT : 0));
   }
@@ -601,13 +610,10 @@ static void clear_refusals(Relay *r) {
 static void relay_close(Relay *r, int reason) {
   if (r->dead) return;
   r->dead = true;
+  if (r->closing) closing_count--;
   for (int side = 0; side < 2; side++) {
     if (r->fd[side] < 0) continue;
-    // What is already framed for a side goes out if the socket takes it now (a FATAL error, a Terminate).
-    if (buf_length(&r->out[side])) {
-      ssize_t sent = send(r->fd[side], r->out[side].data + r->out[side].start, buf_length(&r->out[side]), MSG_NOSIGNAL | MSG_DONTWAIT);
-      (void)sent;
-    }
+    if (r->closing) shutdown(r->fd[side], SHUT_WR);
     epoll_ctl(relay_epoll, EPOLL_CTL_DEL, r->fd[side], NULL);
     close(r->fd[side]);
     r->fd[side] = -1;
@@ -625,6 +631,39 @@ static void relay_close(Relay *r, int reason) {
   notice_header(NOTICE_CLOSED, r->id);
   uint8_t why = (uint8_t)reason;
   buf_append(&notices, &why, 1);
+}
+
+static void close_side(Relay *r, int side) {
+  if (r->fd[side] < 0) return;
+  epoll_ctl(relay_epoll, EPOLL_CTL_DEL, r->fd[side], NULL);
+  close(r->fd[side]);
+  r->fd[side] = -1;
+  r->out[side].start = r->out[side].end = 0;
+}
+
+static bool owes_output(const Relay *r) {
+  for (int side = 0; side < 2; side++)
+    if (r->fd[side] >= 0 && buf_length(&r->out[side])) return true;
+  return false;
+}
+
+static void flush_side(Relay *r, int side);
+static void update_interest(Relay *r);
+
+// Ends a session: nothing more is read; what is already framed for either side (results, a FATAL error, a
+// Terminate) is written first, for up to CLOSE_DRAIN_MS, then both sockets close (relay_close, at once, is for a
+// socket that failed).
+static void relay_end(Relay *r, int reason) {
+  if (r->dead || r->closing) return;
+  r->closing = true;
+  r->close_reason = reason;
+  r->close_deadline_ms = now_ms + CLOSE_DRAIN_MS;
+  closing_count++;
+  for (int side = 0; side < 2 && !r->dead; side++)
+    if (r->fd[side] >= 0 && buf_length(&r->out[side])) flush_side(r, side);
+  if (r->dead) return;
+  if (!owes_output(r)) relay_close(r, reason);
+  else update_interest(r);
 }
 
 static void bury_dead(void) {
@@ -657,8 +696,16 @@ static void relay_fatal(Relay *r, const char *sqlstate, const char *text) {
   body[5 + n] = 0;
   body[0] = 'E';
   write_be32(body + 1, (uint32_t)n + 5);
-  buf_append(&r->out[SIDE_CLIENT], body, (size_t)n + 6);
-  relay_close(r, CLOSE_PROTOCOL);
+  // Not in the middle of a message the client is being sent: it could not read what follows.
+  if (!r->streaming[SIDE_UPSTREAM]) buf_append(&r->out[SIDE_CLIENT], body, (size_t)n + 6);
+  relay_end(r, CLOSE_PROTOCOL);
+}
+
+static const uint8_t TERMINATE[5] = {'X', 0, 0, 0, 4};
+
+// A Terminate for the database, unless a message to it is half sent (it then sees the connection end instead).
+static void terminate_upstream(Relay *r) {
+  if (r->fd[SIDE_UPSTREAM] >= 0 && !r->streaming[SIDE_CLIENT]) buf_append(&r->out[SIDE_UPSTREAM], TERMINATE, sizeof TERMINATE);
 }
 
 static uint64_t hash_bytes(uint8_t kind, const uint8_t *bytes, size_t length) {
@@ -772,8 +819,7 @@ static void report_hit(Relay *r, uint32_t entry, const uint8_t *query, size_t qu
       bool filled = template_fill(&scratch_lines, r->auth_line, authentication, NULL, 0);
       const char *resolution[3] = {resolution_id, event_time_now(), correlation_id};
       filled = filled && template_fill(&scratch_lines, e->line, resolution, query, query_length);
-      if (filled) {
-        log_append(r->log, scratch_lines.data, buf_length(&scratch_lines));
+      if (filled && log_append(r->log, scratch_lines.data, buf_length(&scratch_lines))) {
         __atomic_add_fetch(&lines_written, 1, __ATOMIC_RELAXED);
         return;
       }
@@ -789,6 +835,7 @@ static void report_hit(Relay *r, uint32_t entry, const uint8_t *query, size_t qu
 // message stays in the input until the answer).
 static bool client_statement(Relay *r, const uint8_t *m, size_t total) {
   Buf *out = &r->out[SIDE_UPSTREAM];
+  size_t owed = buf_length(out);
   uint8_t type = m[0];
   const uint8_t *body = m + 5;
   size_t body_length = total - 5;
@@ -796,60 +843,81 @@ static bool client_statement(Relay *r, const uint8_t *m, size_t total) {
     request_decision(r, m, total, 0, NULL, 0);
     return false;
   }
+  uint32_t entry;
+  const uint8_t *query;
+  size_t query_length;
+  bool templated = false;
+  bool sent;
   if (type == 'Q') {
-    size_t sql_length = body_length ? body_length - 1 : 0;
+    query = body;
+    query_length = body_length ? body_length - 1 : 0;
+    // Over the proxy's length limit: JavaScript refuses it (a template's literals can make a hit longer than its miss).
+    if (query_length > r->max_query_bytes) {
+      request_decision(r, m, total, 0, NULL, 0);
+      return false;
+    }
     uint32_t literal_count = 0;
-    bool templated = template_of(body, sql_length, &scratch_template, scratch_literals, &literal_count);
+    templated = template_of(body, query_length, &scratch_template, scratch_literals, &literal_count);
     uint8_t kind = templated ? KEY_TEMPLATE : KEY_QUERY;
     const uint8_t *key = templated ? scratch_template.data : body;
-    size_t key_length = templated ? buf_length(&scratch_template) : sql_length;
+    size_t key_length = templated ? buf_length(&scratch_template) : query_length;
     Entry *e = cache_find(r, kind, key, key_length);
     if (!e) {
       request_decision(r, m, total, kind, key, key_length);
       return false;
     }
-    uint32_t index = (uint32_t)(e - r->entries);
+    entry = (uint32_t)(e - r->entries);
     if (!e->rewritten) {
-      buf_append(out, m, total);
+      sent = buf_append(out, m, total);
     } else if (!templated) {
-      const uint8_t *parts[] = {e->rewritten, (const uint8_t *)""};
+      const uint8_t *parts[] = {e->rewritten, (const uint8_t *)"\0"};
       size_t lengths[] = {e->rewritten_length, 1};
-      append_message(out, 'Q', parts, lengths, 2);
+      sent = append_message(out, 'Q', parts, lengths, 2);
     } else {
       scratch_message.start = scratch_message.end = 0;
-      if (!fill_template(&scratch_message, e->rewritten, e->rewritten_length, body, scratch_literals, literal_count)) {
-        request_decision(r, m, total, 0, NULL, 0);
-        return false;
-      }
-      const uint8_t *parts[] = {scratch_message.data, (const uint8_t *)""};
+      sent = fill_template(&scratch_message, e->rewritten, e->rewritten_length, body, scratch_literals, literal_count);
+      const uint8_t *parts[] = {scratch_message.data, (const uint8_t *)"\0"};
       size_t lengths[] = {buf_length(&scratch_message), 1};
-      append_message(out, 'Q', parts, lengths, 2);
+      sent = sent && append_message(out, 'Q', parts, lengths, 2);
     }
-    report_hit(r, index, body, sql_length, templated);
-    return true;
-  }
-  // Parse: name, query, parameter types. The key is everything after the name.
-  const uint8_t *name_end = memchr(body, 0, body_length);
-  const uint8_t *sql = name_end ? name_end + 1 : NULL;
-  const uint8_t *sql_end = sql ? memchr(sql, 0, body_length - (size_t)(sql - body)) : NULL;
-  if (!sql_end) {
-    request_decision(r, m, total, 0, NULL, 0); // JavaScript reports the malformed message
-    return false;
-  }
-  size_t key_length = body_length - (size_t)(sql - body);
-  Entry *e = cache_find(r, KEY_PARSE, sql, key_length);
-  if (!e) {
-    request_decision(r, m, total, KEY_PARSE, sql, key_length);
-    return false;
-  }
-  if (!e->rewritten) {
-    buf_append(out, m, total);
   } else {
-    const uint8_t *parts[] = {body, e->rewritten, sql_end};
-    size_t lengths[] = {(size_t)(sql - body), e->rewritten_length, body_length - (size_t)(sql_end - body)};
-    append_message(out, 'P', parts, lengths, 3);
+    // Parse: name, query, parameter types. The key is everything after the name.
+    const uint8_t *name_end = memchr(body, 0, body_length);
+    const uint8_t *sql = name_end ? name_end + 1 : NULL;
+    const uint8_t *sql_end = sql ? memchr(sql, 0, body_length - (size_t)(sql - body)) : NULL;
+    if (!sql_end) {
+      request_decision(r, m, total, 0, NULL, 0); // JavaScript reports the malformed message
+      return false;
+    }
+    if ((size_t)(sql_end - sql) > r->max_query_bytes) {
+      request_decision(r, m, total, 0, NULL, 0);
+      return false;
+    }
+    size_t key_length = body_length - (size_t)(sql - body);
+    Entry *e = cache_find(r, KEY_PARSE, sql, key_length);
+    if (!e) {
+      request_decision(r, m, total, KEY_PARSE, sql, key_length);
+      return false;
+    }
+    entry = (uint32_t)(e - r->entries);
+    query = sql;
+    query_length = (size_t)(sql_end - sql);
+    if (!e->rewritten) {
+      sent = buf_append(out, m, total);
+    } else {
+      const uint8_t *parts[] = {body, e->rewritten, sql_end};
+      size_t lengths[] = {(size_t)(sql - body), e->rewritten_length, body_length - (size_t)(sql_end - body)};
+      sent = append_message(out, 'P', parts, lengths, 3);
+    }
   }
-  report_hit(r, (uint32_t)(e - r->entries), sql, (size_t)(sql_end - sql), false);
+  if (!sent) {
+    // A literal missing from the rewrite, a message that would be too long, or no memory: whatever was written of
+    // it is taken back, and JavaScript decides (and reports) the statement as on a miss.
+    out->end = out->start + owed;
+    request_decision(r, m, total, 0, NULL, 0);
+    return false;
+  }
+  report_hit(r, entry, query, query_length, templated);
   return true;
 }
 
@@ -881,7 +949,7 @@ static void client_input(Relay *r) {
     if (type == 'X') {
       if (available < total) return;
       buf_append(out, p, total);
-      relay_close(r, CLOSE_TERMINATED);
+      relay_end(r, CLOSE_TERMINATED);
       return;
     }
     if (type != 'Q' && type != 'P' && type != 'F') {
@@ -934,10 +1002,11 @@ static void upstream_input(Relay *r) {
       Refusal *refusal = refusal_for(r, p, total);
       if (refusal) {
         buf_append(out, refusal->error, refusal->error_length);
-        // One marker answers once: drop it (order does not matter).
+        // One marker answers once. The list stays oldest first: a full list drops its oldest (see decided).
         free(refusal->marker);
         free(refusal->error);
-        *refusal = r->refusals[--r->refusal_count];
+        size_t index = (size_t)(refusal - r->refusals);
+        memmove(refusal, refusal + 1, (--r->refusal_count - index) * sizeof *refusal);
       } else {
         buf_append(out, p, total);
       }
@@ -963,7 +1032,9 @@ static void flush_side(Relay *r, int side) {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-    relay_close(r, side == SIDE_CLIENT ? CLOSE_CLIENT_GONE : CLOSE_UPSTREAM_GONE);
+    // This side is gone; the other still gets what it is owed.
+    close_side(r, side);
+    relay_end(r, side == SIDE_CLIENT ? CLOSE_CLIENT_GONE : CLOSE_UPSTREAM_GONE);
     return;
   }
 }
@@ -977,12 +1048,11 @@ static void readable(Relay *r, int side) {
   ssize_t n = recv(r->fd[side], in->data + in->end, in->capacity - in->end, MSG_DONTWAIT);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
   if (n <= 0) {
-    if (side == SIDE_CLIENT) {
-      // As a client that goes away: the backend is told with a Terminate rather than an unexpected EOF.
-      static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
-      buf_append(&r->out[SIDE_UPSTREAM], terminate, sizeof terminate);
-    }
-    relay_close(r, side == SIDE_CLIENT ? CLOSE_CLIENT_GONE : CLOSE_UPSTREAM_GONE);
+    // A client that goes away: the backend is told with a Terminate rather than an unexpected EOF. A database that
+    // goes away: the client still gets what was read from it (its FATAL error, say).
+    if (side == SIDE_CLIENT) terminate_upstream(r);
+    if (n < 0) close_side(r, side);
+    relay_end(r, side == SIDE_CLIENT ? CLOSE_CLIENT_GONE : CLOSE_UPSTREAM_GONE);
     return;
   }
   in->end += (size_t)n;
@@ -1007,6 +1077,7 @@ typedef struct {
   bool unchanged;    // DECIDED: the statement goes as it is (no rewritten text)
   bool cache;
   int64_t deadline_in_ms; // DECIDED: < 0 none
+  uint32_t max_query_bytes; // ADOPT
 } Command;
 
 typedef struct {
@@ -1026,9 +1097,13 @@ static void adopt(Command *c) {
   if (!r) {
     close(c->fd[0]);
     close(c->fd[1]);
+    notice_header(NOTICE_CLOSED, c->relay);
+    uint8_t why = CLOSE_ABORTED;
+    buf_append(&notices, &why, 1);
     return;
   }
   r->id = c->relay;
+  r->max_query_bytes = c->max_query_bytes;
   r->cache_epoch = __atomic_load_n(&cache_epoch, __ATOMIC_ACQUIRE);
   for (int side = 0; side < 2; side++) {
     r->fd[side] = c->fd[side];
@@ -1051,7 +1126,7 @@ static void adopt(Command *c) {
 
 static void decided(Command *c) {
   Relay *r = relay_find(c->relay);
-  if (!r || !r->awaiting) return;
+  if (!r || !r->awaiting || r->closing) return;
   Buf *in = &r->in[SIDE_CLIENT];
   const uint8_t *m = in->data + in->start;
   size_t total = (size_t)read_be32(m + 1) + 1;
@@ -1107,12 +1182,9 @@ static void run_command(Command *c) {
     case CMD_CLOSE: {
       Relay *r = relay_find(c->relay);
       if (r) {
-        if (c->bytes[0]) buf_append(&r->out[SIDE_CLIENT], c->bytes[0], c->lengths[0]);
-        if (r->fd[SIDE_UPSTREAM] >= 0) {
-          static const uint8_t terminate[5] = {'X', 0, 0, 0, 4};
-          buf_append(&r->out[SIDE_UPSTREAM], terminate, sizeof terminate);
-        }
-        relay_close(r, CLOSE_ABORTED);
+        if (c->bytes[0] && !r->streaming[SIDE_UPSTREAM]) buf_append(&r->out[SIDE_CLIENT], c->bytes[0], c->lengths[0]);
+        terminate_upstream(r);
+        relay_end(r, CLOSE_ABORTED);
       }
       break;
     }
@@ -1134,7 +1206,8 @@ static void run_command(Command *c) {
     }
     case CMD_LOG_CLOSE: {
       Log *l = log_find(c->relay);
-      if (l) {
+      if (l && !l->closed_by_js) {
+        l->closed_by_js = true;
         log_flush(l);
         log_unref(l);
       }
@@ -1154,7 +1227,9 @@ static void *relay_main(void *unused) {
   for (;;) {
     bool logging = false;
     for (Log *l = logs; l && !logging; l = l->next) logging = buf_length(&l->buf) > 0;
-    int n = epoll_wait(relay_epoll, ready, 256, buf_length(&notices) ? NOTICE_DELAY_MS : logging ? LOG_DELAY_MS : -1);
+    int timeout = buf_length(&notices) ? NOTICE_DELAY_MS : logging ? LOG_DELAY_MS : -1;
+    if (closing_count && (timeout < 0 || timeout > 100)) timeout = 100;
+    int n = epoll_wait(relay_epoll, ready, 256, timeout);
     now_ms = monotonic_ms();
     for (int i = 0; i < n; i++) {
       Endpoint *e = ready[i].data.ptr;
@@ -1180,20 +1255,29 @@ static void *relay_main(void *unused) {
         continue;
       }
       Relay *r = e->relay;
-      if (r->dead) continue;
+      if (r->dead || r->fd[e->side] < 0) continue;
       uint32_t what = ready[i].events;
       if (what & (EPOLLOUT | EPOLLERR | EPOLLHUP) && buf_length(&r->out[e->side])) flush_side(r, e->side);
-      if (!r->dead && what & (EPOLLIN | EPOLLERR | EPOLLHUP) && !r->eof[e->side]) readable(r, e->side);
+      if (r->dead) continue;
+      if (r->closing) {
+        // Error and hang-up are reported whatever the interest: a side that owes nothing closes now.
+        if (what & (EPOLLERR | EPOLLHUP) && !buf_length(&r->out[e->side])) close_side(r, e->side);
+        if (!owes_output(r)) relay_close(r, r->close_reason);
+        else update_interest(r);
+        continue;
+      }
+      if (what & (EPOLLIN | EPOLLERR | EPOLLHUP) && !r->eof[e->side]) readable(r, e->side);
       if (!r->dead) update_interest(r);
-    }
-    // A session whose notices could not be queued ends here (see flush_notices).
-    for (Relay *r = relays, *next; r; r = next) {
-      next = r->next;
-      if (r->eof[SIDE_CLIENT] && r->eof[SIDE_UPSTREAM]) relay_close(r, CLOSE_ABORTED);
     }
     for (Log *l = logs; l; l = l->next)
       if (buf_length(&l->buf) && now_ms - l->since_ms >= LOG_DELAY_MS) log_flush(l);
     flush_notices();
+    // Sessions whose notices could not be queued (see flush_notices), and ending ones past their time.
+    for (Relay *r = relays, *next; r; r = next) {
+      next = r->next;
+      if (r->eof[SIDE_CLIENT] && r->eof[SIDE_UPSTREAM]) relay_close(r, CLOSE_ABORTED);
+      else if (r->closing && now_ms >= r->close_deadline_ms) relay_close(r, r->close_reason);
+    }
     bury_dead();
   }
   return NULL;
@@ -1231,7 +1315,7 @@ static void call_js(napi_env env, napi_value callback, void *context, void *data
   napi_close_handle_scope(env, scope);
 }
 
-static void send_command(Command *c) {
+static bool send_command(Command *c) {
   pthread_mutex_lock(&relay_lock);
   bool queued = true;
   if (commands.count == commands.capacity) {
@@ -1255,9 +1339,8 @@ static void send_command(Command *c) {
       close(c->fd[1]);
     }
   }
-  if (wake) {
-    wake_thread(relay_wake);
-  }
+  if (wake) wake_thread(relay_wake);
+  return queued;
 }
 
 // A copy of a Buffer argument; NULL (and length 0) for null or undefined. False: not a Buffer, or out of memory.
@@ -1304,14 +1387,16 @@ static napi_value hold(napi_env env, napi_callback_info info) {
 }
 
 /**
- * adopt(id, clientFd, upstreamFd, clientBytes, toClient, log, authenticationLine): the relay takes duplicates of
- * both sockets (the caller closes its own), the client bytes JavaScript has read but not handled, and bytes to send
- * the client first; hits' lines go to `log` (0: none) with `authenticationLine` as the session's template.
+ * adopt(id, clientFd, upstreamFd, clientBytes, toClient, log, authenticationLine, maxQueryBytes): the relay takes
+ * duplicates of both sockets (the caller closes its own), the client bytes JavaScript has read but not handled, and
+ * bytes to send the client first; hits' lines go to `log` (0: none) with `authenticationLine` as the session's
+ * template; longer statements than `maxQueryBytes` are always asked about.
  */
 static napi_value adopt_sockets(napi_env env, napi_callback_info info) {
-  ARGS(7);
+  ARGS(8);
   if (!started) return throw_error(env, "ERR_NOT_STARTED", "the data proxy relay is not started");
-  Command c = {.type = CMD_ADOPT, .relay = (uint32_t)arg_number(env, argv[0]), .log = (uint32_t)arg_number(env, argv[5])};
+  Command c = {.type = CMD_ADOPT, .relay = (uint32_t)arg_number(env, argv[0]), .log = (uint32_t)arg_number(env, argv[5]),
+               .max_query_bytes = (uint32_t)arg_number(env, argv[7])};
   for (int side = 0; side < 2; side++) {
     int fd = (int)arg_number(env, argv[1 + side]);
     c.fd[side] = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
@@ -1329,7 +1414,7 @@ static napi_value adopt_sockets(napi_env env, napi_callback_info info) {
     command_free(&c);
     return throw_error(env, "ERR_INVALID_ARG", "clientBytes and toClient must be Buffers");
   }
-  send_command(&c);
+  if (!send_command(&c)) return throw_error(env, "ERR_NO_MEMORY", "the relay could not queue the session");
   return NULL;
 }
 

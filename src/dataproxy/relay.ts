@@ -14,7 +14,8 @@ import type { LineTemplate } from './audit.ts';
 interface Addon {
   start(onNotices: (batch: Buffer) => void): void;
   hold(on: boolean): void;
-  adopt(id: number, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer, log: number, authenticationLine: Buffer | null): void;
+  adopt(id: number, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer, log: number, authenticationLine: Buffer | null,
+    maxQueryBytes: number): void;
   decided(id: number, send: Buffer | null, marker: Buffer | null, error: Buffer | null, key: Buffer | null, rewritten: Buffer | null, deadlineInMs: number,
     line: Buffer | null): void;
   close(id: number, toClient: Buffer | null): void;
@@ -61,7 +62,7 @@ function loadAddon(): Addon | undefined {
 const addon = loadAddon();
 const owners = new Map<number, RelayedSession>();
 /** Logs the relay writes, by id: what resolves when each is closed. */
-const logs = new Map<number, { path: string; closed?: () => void }>();
+const logs = new Map<number, { path: string; closed?: () => void; closing?: Promise<void> }>();
 let nextId = 1;
 let started = false;
 let held = false;
@@ -176,10 +177,10 @@ function newId(): number {
  * Hands a session's two sockets to the relay; returns the id its notices carry. Throws when the relay cannot.
  * With `log` (an `openLog` id) and the session's user.authentication line, hits' events are written by the relay.
  */
-export function adopt(owner: RelayedSession, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer,
+export function adopt(owner: RelayedSession, clientFd: number, upstreamFd: number, clientBytes: Buffer, toClient: Buffer, maxQueryBytes: number,
   log?: { id: number; authenticationLine: LineTemplate }): number {
   const id = newId();
-  addon!.adopt(id, clientFd, upstreamFd, clientBytes, toClient, log?.id ?? 0, log ? encodeTemplate(log.authenticationLine) : null);
+  addon!.adopt(id, clientFd, upstreamFd, clientBytes, toClient, log?.id ?? 0, log ? encodeTemplate(log.authenticationLine) : null, maxQueryBytes);
   owners.set(id, owner);
   updateHold();
   return id;
@@ -202,9 +203,11 @@ export function appendLog(id: number, lines: Buffer): void {
 export function closeLog(id: number): Promise<void> {
   const entry = logs.get(id);
   if (!entry) return Promise.resolve();
-  const closed = new Promise<void>((resolve) => (entry.closed = resolve));
-  addon!.closeLog(id);
-  return closed;
+  if (!entry.closing) {
+    entry.closing = new Promise<void>((resolve) => (entry.closed = resolve));
+    addon!.closeLog(id);
+  }
+  return entry.closing;
 }
 
 /** Cached statements whose two events the relay wrote itself (for the events counter). */

@@ -340,7 +340,7 @@ export class Session implements relay.RelayedSession {
     try {
       const lines = this.ctx.relayLog;
       this.relayId = relay.adopt(this, clientFd, backend.fd, this.reader.take(), Buffer.concat([greeting, backend.pending]),
-        lines && { id: lines.id, authenticationLine: lines.authentication(this.principal!) });
+        this.ctx.config.limits.maxQueryBytes, lines && { id: lines.id, authenticationLine: lines.authentication(this.principal!) });
     } catch (err) {
       log.error({ err: (err as Error).message }, 'the native relay could not take the session');
       backend.release();
@@ -364,6 +364,8 @@ export class Session implements relay.RelayedSession {
     const known = this.relayEntries[entry];
     if (!known) throw new Error(`the relay reported entry ${entry}, which this session never cached`);
     this.report(text ?? known.sql, known.outcome);
+    // The relay writes the session's next lines itself: these go before them.
+    this.ctx.relayLog?.flush();
   }
 
   relayCached(entry: number): void {

@@ -18,7 +18,7 @@ import {
   cancelRequestPacket, cstring, int16, int32, message, MessageReader, parseErrorFields, parseMessage, queryMessage, readRowDescriptionNames,
   startupPacket, syncMessage, type Message,
 } from '../../src/dataproxy/wire.ts';
-import { createDatabase, pgbench, psql, psqlError, SEED_POLICY, startTestProxy, type TestProxy } from './helpers.ts';
+import { createDatabase, pgbench, psql, psqlError, query, SEED_POLICY, startTestProxy, type TestProxy } from './helpers.ts';
 
 const run = promisify(execFile);
 let db: Awaited<ReturnType<typeof createDatabase>>;
@@ -100,6 +100,42 @@ for (const relay of [true, false]) describe(`protocol through the proxy (${relay
       let answer = '';
       for (let i = 0; i < 50 && answer !== '1'; i++) answer = await psql(limited.conn(), 'select 1').catch(() => new Promise<string>((r) => setTimeout(() => r(''), 50)));
       assert.equal(answer, '1', 'a session is accepted again once the others ended');
+    } finally {
+      await limited.stop();
+    }
+  });
+
+  test('a client that sends a large statement and Terminate, then leaves, still gets the statement run', async () => {
+    const big = await startTestProxy(db.url, { policies: [SEED_POLICY], limits: { maxConnections: 10, maxQueryBytes: 16_000_000 } }, { relay });
+    try {
+      await query(db.url, 'create table if not exists parting_words (relay boolean, note text)');
+      const s = await rawSession(big.proxy.port, 'admin', 'adminpw');
+      const note = 'x'.repeat(12_000_000);
+      // One write, then the socket is gone: what the proxy has not yet passed on must still reach the database.
+      s.socket.end(Buffer.concat([queryMessage(`insert into parting_words values (${relay}, '${note}')`), message('X')]));
+      let rows: Record<string, unknown>[] = [];
+      for (let i = 0; i < 100 && rows.length === 0; i++) {
+        rows = await query(db.url, 'select length(note) as n from parting_words where relay = $1', [relay]);
+        if (rows.length === 0) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.deepEqual(rows, [{ n: note.length }]);
+    } finally {
+      await big.stop();
+    }
+  });
+
+  test('maxQueryBytes holds for statements cached by their template: longer literals are refused', async () => {
+    const limited = await startTestProxy(db.url, { policies: [SEED_POLICY], limits: { maxConnections: 10, maxQueryBytes: 2000 } }, { relay });
+    try {
+      const s = await rawSession(limited.proxy.port);
+      s.socket.write(queryMessage("select lastname from library.authors where lastname = 'x'"));
+      assert.ok((await s.until('Z')).every((m) => m.type !== 'E'));
+      s.socket.write(queryMessage(`select lastname from library.authors where lastname = '${'x'.repeat(3000)}'`));
+      const answer = await s.until('Z');
+      const error = answer.find((m) => m.type === 'E');
+      assert.ok(error, 'the longer statement is refused');
+      assert.match(parseErrorFields(error.body)['M']!, /longer than 2000 bytes/);
+      s.socket.end();
     } finally {
       await limited.stop();
     }
