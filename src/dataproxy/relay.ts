@@ -6,9 +6,8 @@
  * (session.ts). Without the addon (not built, `CUSTOS_DATAPROXY_RELAY=node`, TLS, the embedded upstream) a session
  * stays on Node sockets, with the same behaviour.
  */
-import { createRequire } from 'node:module';
 import type { Socket } from 'node:net';
-import { componentLogger } from '../telemetry/index.ts';
+import { componentLogger, loadNativeAddon } from '../telemetry/index.ts';
 import type { LineTemplate } from './audit.ts';
 
 interface Addon {
@@ -49,17 +48,9 @@ const NOTICE_LOG_FAILED = 6;
 
 const log = componentLogger('dataproxy');
 
-function loadAddon(): Addon | undefined {
-  if (process.env['CUSTOS_DATAPROXY_RELAY'] === 'node' || process.platform !== 'linux') return undefined;
-  try {
-    return createRequire(import.meta.url)('../../build/Release/custos_pgrelay.node') as Addon;
-  } catch (err) {
-    log.info({ err: (err as Error).message }, 'native data proxy relay not built (npm install builds it); sessions relay through Node sockets');
-    return undefined;
-  }
-}
-
-const addon = loadAddon();
+const addon = loadNativeAddon<Addon>('custos_pgrelay', {
+  component: 'dataproxy', disabled: process.env['CUSTOS_DATAPROXY_RELAY'] === 'node' || process.platform !== 'linux', fallback: 'sessions relay through Node sockets',
+});
 const owners = new Map<number, RelayedSession>();
 /** Logs the relay writes, by id: what resolves when each is closed. */
 const logs = new Map<number, { path: string; closed?: () => void; closing?: Promise<void> }>();

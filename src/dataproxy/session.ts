@@ -140,9 +140,7 @@ export class Session implements relay.RelayedSession {
         let outcome: Outcome | Promise<Outcome>;
         let replacement: Buffer | undefined;
         try {
-          if (type === 0x50) parse = readParse(chunk.subarray(offset + 5, end));
-          sql = parse ? parse.sql : chunk.toString('utf8', offset + 5, end - 1);
-          outcome = this.check(sql, parse ? Buffer.byteLength(sql) : end - offset - 6);
+          ({ parse, sql, outcome } = this.statement(type, chunk.subarray(offset + 5, end)));
           if (!(outcome instanceof Promise)) replacement = this.decide(parse, sql, outcome);
         } catch (err) {
           this.fatal('08P01', (err as Error).message);
@@ -384,21 +382,15 @@ export class Session implements relay.RelayedSession {
   relayDecide(message: Buffer): void {
     const id = this.relayId;
     if (message[0] === 0x46 /* F */) {
-      if (this.resolution?.value.masked === false) {
-        relay.decided(id, {});
-        return;
-      }
-      this.pendingRefusal('the fast-path function call interface is not allowed through the data proxy');
-      relay.decided(id, this.relayRefusal(queryMessage(this.refusalMarker())));
+      const refusal = this.functionCallRefusal();
+      relay.decided(id, refusal ? this.relayRefusal(refusal) : {});
       return;
     }
     let parse: Parse | undefined;
     let sql: string;
     let outcome: Outcome | Promise<Outcome>;
     try {
-      if (message[0] === 0x50 /* P */) parse = readParse(message.subarray(5));
-      sql = parse ? parse.sql : message.toString('utf8', 5, message.length - 1);
-      outcome = this.check(sql, parse ? Buffer.byteLength(sql) : message.length - 6);
+      ({ parse, sql, outcome } = this.statement(message[0]!, message.subarray(5)));
     } catch (err) {
       this.fatal('08P01', (err as Error).message);
       return;
@@ -450,28 +442,15 @@ export class Session implements relay.RelayedSession {
 
   private query(m: Message): Promise<void> | void {
     switch (m.type) {
-      case 'Q': {
-        const sql = m.body.toString('utf8', 0, m.body.length - 1);
-        const outcome = this.check(sql, m.body.length - 1);
-        if (outcome instanceof Promise) return outcome.then((o) => this.forward(m, undefined, sql, o));
-        this.forward(m, undefined, sql, outcome);
-        return;
-      }
+      case 'Q':
       case 'P': {
-        const parse = readParse(m.body);
-        const outcome = this.check(parse.sql, Buffer.byteLength(parse.sql));
-        if (outcome instanceof Promise) return outcome.then((o) => this.forward(m, parse, parse.sql, o));
-        this.forward(m, parse, parse.sql, outcome);
+        const { parse, sql, outcome } = this.statement(m.raw[0]!, m.body);
+        if (outcome instanceof Promise) return outcome.then((o) => this.forward(m, parse, sql, o));
+        this.forward(m, parse, sql, outcome);
         return;
       }
       case 'F':
-        if (this.resolution?.value.masked !== false) {
-          // The fast-path function call names a function by oid, past any statement check.
-          this.pendingRefusal('the fast-path function call interface is not allowed through the data proxy');
-          this.outbox.push(queryMessage(this.refusalMarker()));
-          return;
-        }
-        this.outbox.push(m.raw);
+        this.outbox.push(this.functionCallRefusal() ?? m.raw);
         return;
       case 'X':
         this.flushUpstream();
@@ -480,6 +459,23 @@ export class Session implements relay.RelayedSession {
       default:
         this.outbox.push(m.raw);
     }
+  }
+
+  /** A Query's or Parse's statement text and its check (synchronous when policies and rewrite are cached). */
+  private statement(type: number, body: Buffer): { parse: Parse | undefined; sql: string; outcome: Outcome | Promise<Outcome> } {
+    const parse = type === 0x50 /* P */ ? readParse(body) : undefined;
+    const sql = parse ? parse.sql : body.toString('utf8', 0, body.length - 1);
+    return { parse, sql, outcome: this.check(sql, parse ? Buffer.byteLength(sql) : body.length - 1) };
+  }
+
+  /**
+   * What replaces a FunctionCall for a masked user (undefined: it goes as it is): the fast-path interface names a
+   * function by oid, past any statement check.
+   */
+  private functionCallRefusal(): Buffer | undefined {
+    if (this.resolution?.value.masked === false) return undefined;
+    this.pendingRefusal('the fast-path function call interface is not allowed through the data proxy');
+    return queryMessage(this.refusalMarker());
   }
 
   private lastRefusal = errorResponse('42501', '');

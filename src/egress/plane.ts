@@ -1,8 +1,7 @@
 import { closeSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { isIP, Socket } from 'node:net';
 import { lookup } from 'node:dns/promises';
-import { componentLogger } from '../telemetry/index.ts';
+import { componentLogger, loadNativeAddon } from '../telemetry/index.ts';
 import { formatHostPort } from './io.ts';
 
 /**
@@ -61,17 +60,9 @@ interface Addon {
 
 const log = componentLogger('egress');
 
-function loadAddon(): Addon | undefined {
-  if (process.env['CUSTOS_EGRESS_PLANE'] === 'node' || process.platform !== 'linux') return undefined;
-  try {
-    return createRequire(import.meta.url)('../../build/Release/custos_egress.node') as Addon;
-  } catch (err) {
-    log.info({ err: (err as Error).message }, 'native egress plane not built (npm install builds it); relaying through Node sockets');
-    return undefined;
-  }
-}
-
-const addon = loadAddon();
+const addon = loadNativeAddon<Addon>('custos_egress', {
+  component: 'egress', disabled: process.env['CUSTOS_EGRESS_PLANE'] === 'node' || process.platform !== 'linux', fallback: 'relaying through Node sockets',
+});
 const handlersByListener = new Map<number, PlaneHandlers>();
 const tunnelOwners = new Map<number, PlaneHandlers>();
 let openListeners = 0;

@@ -1,7 +1,6 @@
 import { hash } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { crc32 } from 'node:zlib';
-import { componentLogger } from '../telemetry/index.ts';
+import { loadNativeAddon } from '../telemetry/index.ts';
 
 /**
  * SHA-256 of many ranges of one buffer, each behind a one-byte prefix (0x00 for leaves, 0x01 for nodes):
@@ -65,17 +64,9 @@ export const stampRecordsPortable: StampRecords = (buffer, payloads, count, firs
   }
 };
 
-function loadNative(): NativeDigest | undefined {
-  if (process.env['CUSTOS_PORTABLE_DIGEST'] === '1') return undefined;
-  try {
-    return createRequire(import.meta.url)('../../build/Release/custos_hash.node') as NativeDigest;
-  } catch (err) {
-    componentLogger('ledger').info({ err: (err as Error).message }, 'native batch hashing not built (npm install builds it); hashing with node:crypto');
-    return undefined;
-  }
-}
-
-const native = loadNative();
+const native = loadNativeAddon<NativeDigest>('custos_hash', {
+  component: 'ledger', disabled: process.env['CUSTOS_PORTABLE_DIGEST'] === '1', fallback: 'hashing with node:crypto',
+});
 
 export const hashRanges: HashRanges = native?.hashRanges ?? hashRangesPortable;
 /** Undefined without the addon: callers hash on their own thread instead. */

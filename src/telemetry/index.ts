@@ -1,2 +1,3 @@
 export { logger, componentLogger } from './logger.ts';
 export { registry, serveMetrics, splitHostPort } from './metrics.ts';
+export { loadNativeAddon } from './native.ts';
