@@ -509,7 +509,6 @@ struct Relay {
   Buf in[2];  // read from a side, not yet framed
   Buf out[2]; // to be written to a side
   size_t streaming[2]; // bytes of a message from a side still to be forwarded as they arrive
-  bool eof[2];
   bool dead;
   bool closing; // ending: nothing is read, what is owed to either side is written (relay_end)
   int close_reason;
@@ -523,7 +522,7 @@ struct Relay {
   uint32_t entry_count;
   uint16_t buckets[CACHE_BUCKETS]; // entry index + 1, 0: empty
   uint32_t cache_epoch;
-  Refusal *refusals;
+  Refusal refusals[MAX_REFUSALS]; // oldest first
   uint32_t refusal_count;
   Log *log;                // where hits' lines go (NULL: JavaScript writes every event)
   LineTemplate *auth_line; // the session's user.authentication line
@@ -546,6 +545,7 @@ static bool notices_urgent;
 static int64_t notices_since_ms;
 static bool notices_signalled;
 static bool backlogged; // relay thread: JS is behind on notices
+static bool notices_lost; // relay thread: a batch could not be queued (out of memory)
 
 static void notice_header(uint8_t type, uint32_t relay) {
   if (!buf_length(&notices)) notices_since_ms = now_ms;
@@ -565,9 +565,7 @@ static void flush_notices(void) {
   backlogged = delivered.end - delivered.start > NOTICE_BACKLOG;
   pthread_mutex_unlock(&relay_lock);
   // A notice that cannot be queued (out of memory) would lose audit events: the sessions that wrote it end instead.
-  if (!appended) {
-    for (Relay *r = relays; r; r = r->next) r->eof[SIDE_CLIENT] = r->eof[SIDE_UPSTREAM] = true;
-  }
+  if (!appended) notices_lost = true;
   notices.start = notices.end = 0;
   if (signal) napi_call_threadsafe_function(deliver, NULL, napi_tsfn_nonblocking);
 }
@@ -581,7 +579,7 @@ static void set_interest(Relay *r, int side, uint32_t interest) {
 
 static void update_interest(Relay *r) {
   for (int side = 0; side < 2; side++) {
-    bool read = !r->closing && !r->eof[side] && buf_length(&r->out[!side]) < HIGH_WATER && buf_length(&r->in[side]) < MAX_MESSAGE_BYTES + READ_BYTES;
+    bool read = !r->closing && buf_length(&r->out[!side]) < HIGH_WATER && buf_length(&r->in[side]) < MAX_MESSAGE_BYTES + READ_BYTES;
     if (side == SIDE_CLIENT && ((r->awaiting && buf_length(&r->in[side]) >= HIGH_WATER) || backlogged)) read = false;
     set_interest(r, side, (read ? EPOLLIN : 0) | (buf_length(&r->out[side]) ? EPOLLOUT : 0));
   }
@@ -597,14 +595,14 @@ static void clear_cache(Relay *r) {
   memset(r->buckets, 0, sizeof r->buckets);
 }
 
+static void drop_refusal(Relay *r, uint32_t index) {
+  free(r->refusals[index].marker);
+  free(r->refusals[index].error);
+  memmove(&r->refusals[index], &r->refusals[index + 1], (--r->refusal_count - index) * sizeof *r->refusals);
+}
+
 static void clear_refusals(Relay *r) {
-  for (uint32_t i = 0; i < r->refusal_count; i++) {
-    free(r->refusals[i].marker);
-    free(r->refusals[i].error);
-  }
-  free(r->refusals);
-  r->refusals = NULL;
-  r->refusal_count = 0;
+  while (r->refusal_count) drop_refusal(r, r->refusal_count - 1);
 }
 
 static void relay_close(Relay *r, int reason) {
@@ -922,6 +920,15 @@ static bool client_statement(Relay *r, const uint8_t *m, size_t total) {
 }
 
 // Frames what the client sent: whole statements are looked into, every other message is forwarded as it arrives.
+// Passes on `length` bytes of what `side` sent, as many as have arrived; the rest streams through as it arrives.
+static void pass_on(Relay *r, int side, size_t length) {
+  Buf *in = &r->in[side];
+  size_t n = buf_length(in) < length ? buf_length(in) : length;
+  buf_append(&r->out[!side], in->data + in->start, n);
+  buf_consume(in, n);
+  r->streaming[side] = length - n;
+}
+
 static void client_input(Relay *r) {
   Buf *in = &r->in[SIDE_CLIENT];
   Buf *out = &r->out[SIDE_UPSTREAM];
@@ -929,11 +936,8 @@ static void client_input(Relay *r) {
     size_t available = buf_length(in);
     const uint8_t *p = in->data + in->start;
     if (r->streaming[SIDE_CLIENT]) {
-      size_t n = available < r->streaming[SIDE_CLIENT] ? available : r->streaming[SIDE_CLIENT];
-      if (!n) return;
-      buf_append(out, p, n);
-      buf_consume(in, n);
-      r->streaming[SIDE_CLIENT] -= n;
+      if (!available) return;
+      pass_on(r, SIDE_CLIENT, r->streaming[SIDE_CLIENT]);
       continue;
     }
     if (available < 5) return;
@@ -953,10 +957,7 @@ static void client_input(Relay *r) {
       return;
     }
     if (type != 'Q' && type != 'P' && type != 'F') {
-      size_t n = available < total ? available : total;
-      buf_append(out, p, n);
-      buf_consume(in, n);
-      r->streaming[SIDE_CLIENT] = total - n;
+      pass_on(r, SIDE_CLIENT, total);
       continue;
     }
     if (available < total) {
@@ -983,11 +984,8 @@ static void upstream_input(Relay *r) {
     size_t available = buf_length(in);
     const uint8_t *p = in->data + in->start;
     if (r->streaming[SIDE_UPSTREAM]) {
-      size_t n = available < r->streaming[SIDE_UPSTREAM] ? available : r->streaming[SIDE_UPSTREAM];
-      if (!n) return;
-      buf_append(out, p, n);
-      buf_consume(in, n);
-      r->streaming[SIDE_UPSTREAM] -= n;
+      if (!available) return;
+      pass_on(r, SIDE_UPSTREAM, r->streaming[SIDE_UPSTREAM]);
       continue;
     }
     if (available < 5) return;
@@ -1002,21 +1000,15 @@ static void upstream_input(Relay *r) {
       Refusal *refusal = refusal_for(r, p, total);
       if (refusal) {
         buf_append(out, refusal->error, refusal->error_length);
-        // One marker answers once. The list stays oldest first: a full list drops its oldest (see decided).
-        free(refusal->marker);
-        free(refusal->error);
-        size_t index = (size_t)(refusal - r->refusals);
-        memmove(refusal, refusal + 1, (--r->refusal_count - index) * sizeof *refusal);
+        // One marker answers once.
+        drop_refusal(r, (uint32_t)(refusal - r->refusals));
       } else {
         buf_append(out, p, total);
       }
       buf_consume(in, total);
       continue;
     }
-    size_t n = available < total ? available : total;
-    buf_append(out, p, n);
-    buf_consume(in, n);
-    r->streaming[SIDE_UPSTREAM] = total - n;
+    pass_on(r, SIDE_UPSTREAM, total);
   }
 }
 
@@ -1135,17 +1127,9 @@ static void decided(Command *c) {
   if (c->bytes[1] && c->bytes[2]) {
     // A refused statement in an aborted transaction gets upstream's "commands ignored" error, not its marker's:
     // such markers are dropped oldest first.
-    if (r->refusal_count == MAX_REFUSALS) {
-      free(r->refusals[0].marker);
-      free(r->refusals[0].error);
-      memmove(r->refusals, r->refusals + 1, --r->refusal_count * sizeof *r->refusals);
-    }
-    Refusal *grown = realloc(r->refusals, (r->refusal_count + 1) * sizeof *grown);
-    if (grown) {
-      r->refusals = grown;
-      grown[r->refusal_count++] = (Refusal){c->bytes[1], c->lengths[1], c->bytes[2], c->lengths[2]};
-      c->bytes[1] = c->bytes[2] = NULL;
-    }
+    if (r->refusal_count == MAX_REFUSALS) drop_refusal(r, 0);
+    r->refusals[r->refusal_count++] = (Refusal){c->bytes[1], c->lengths[1], c->bytes[2], c->lengths[2]};
+    c->bytes[1] = c->bytes[2] = NULL;
   }
   // Cached only when JavaScript's key is the one made here (see the file comment).
   if (c->cache && r->pending_kind) {
@@ -1266,18 +1250,19 @@ static void *relay_main(void *unused) {
         else update_interest(r);
         continue;
       }
-      if (what & (EPOLLIN | EPOLLERR | EPOLLHUP) && !r->eof[e->side]) readable(r, e->side);
+      if (what & (EPOLLIN | EPOLLERR | EPOLLHUP)) readable(r, e->side);
       if (!r->dead) update_interest(r);
     }
     for (Log *l = logs; l; l = l->next)
       if (buf_length(&l->buf) && now_ms - l->since_ms >= LOG_DELAY_MS) log_flush(l);
     flush_notices();
-    // Sessions whose notices could not be queued (see flush_notices), and ending ones past their time.
+    // Every session when notices were lost (see flush_notices), and ending ones past their time.
     for (Relay *r = relays, *next; r; r = next) {
       next = r->next;
-      if (r->eof[SIDE_CLIENT] && r->eof[SIDE_UPSTREAM]) relay_close(r, CLOSE_ABORTED);
+      if (notices_lost) relay_close(r, CLOSE_ABORTED);
       else if (r->closing && now_ms >= r->close_deadline_ms) relay_close(r, r->close_reason);
     }
+    notices_lost = false;
     bury_dead();
   }
   return NULL;
