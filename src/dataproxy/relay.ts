@@ -36,7 +36,7 @@ export interface RelayedSession {
   relayClosed(reason: RelayCloseReason): void;
 }
 
-export const RELAY_CLOSE_REASONS = ['terminated', 'client closed', 'database closed', 'protocol error', 'aborted'] as const;
+const RELAY_CLOSE_REASONS = ['terminated', 'client closed', 'database closed', 'protocol error', 'aborted'] as const;
 export type RelayCloseReason = (typeof RELAY_CLOSE_REASONS)[number];
 
 const NOTICE_HIT = 1;
@@ -210,7 +210,7 @@ const SLOT_KINDS: Record<LineTemplate['slots'][number], number> = { id: 0, event
 const encodedTemplates = new WeakMap<LineTemplate, Buffer>();
 
 /** A line template as pgrelay.c reads it: [u32 slots][u8 kind × slots][(u32 length, bytes) × (slots + 1)]. */
-export function encodeTemplate(t: LineTemplate): Buffer {
+function encodeTemplate(t: LineTemplate): Buffer {
   let encoded = encodedTemplates.get(t);
   if (encoded) return encoded;
   const head = Buffer.alloc(4 + t.slots.length);

@@ -62,7 +62,7 @@ async function workload(relay: boolean): Promise<string[]> {
     await psql(conn, 'select count(*) from library.authors');
     await query(conn, 'select firstname from library.authors where id = $1', [2]);
     for (const mode of ['simple', 'extended', 'prepared']) {
-      await pgbench(['-n', '-S', '-M', mode, '-c', '2', '-j', '1', '-t', '20', conn.replace(`/${db.name}?`, `/${db.name}?`)], { PGPASSWORD: 's3cret' });
+      await pgbench(['-n', '-S', '-M', mode, '-c', '2', '-j', '1', '-t', '20', conn]);
     }
   } finally {
     await proxy.stop();
