@@ -66,10 +66,21 @@ before(async () => {
   await run.proxy.checkAgents();
 });
 
+/** One teardown step, failing after 15 s with its name: a step that hangs (CI saw the file stop once after every test had passed) says which. */
+async function step(name: string, work: Promise<unknown>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`teardown: ${name} did not finish in 15 s`)), 15_000)));
+  try {
+    await Promise.race([work, limit]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 after(async () => {
-  await run.close();
-  await agent.close();
-  await Promise.all([origin, trickle].map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+  await step('the proxy closing', run.close());
+  await step('the agent closing', agent.close());
+  await step('the origins closing', Promise.all([origin, trickle].map((server) => new Promise<void>((resolve) => server.close(() => resolve())))));
 });
 
 /** CONNECT by hand, keeping what arrived after the proxy's answer: the origin starts sending at once. */
